@@ -1,0 +1,29 @@
+"""mambaad_kernels: the fused multi-direction state-space scan of MambaAD.
+
+Public API::
+
+    import mambaad_kernels as mk
+    mk.scan_paths(h, w, "hilbert")            # (K, L) scan paths, cached per grid
+    mk.hss_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, backend=None)
+    mk.available_backends("cuda")
+    from mambaad_kernels.modules import SS2D, HSSBlock
+
+Importing the package loads no kernels: backends are imported when first used.
+"""
+
+from .backends import BACKENDS, BackendUnavailable, available_backends, resolve_backend
+from .ops import hss_scan
+from .paths import METHODS, inverse_paths, scan_path, scan_paths
+
+__all__ = [
+    "BACKENDS",
+    "METHODS",
+    "BackendUnavailable",
+    "available_backends",
+    "hss_scan",
+    "inverse_paths",
+    "resolve_backend",
+    "scan_path",
+    "scan_paths",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,137 @@
+"""The fused HSS scan as one torch op, ``mambaad::hss_scan``, shared by every fused backend.
+
+This file is the one place where the op, its fake (meta) implementation and its autograd are
+registered. A fused backend is a module (``mambaad_kernels.triton``, ``mambaad_kernels.cuda``)
+with three functions, the *kernel contract*:
+
+``scan_fwd(x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, grouped, deterministic) -> (out, states)``
+    x ``(B, D, L)`` in fp32 / fp16 / bf16 (fp64 where the backend supports it), any strides;
+    x_dbl ``(B, K, R + 2N, L)`` contiguous, x's dtype: the x_proj projection at the **original**
+    grid positions (it is pointwise in l, so it commutes with the gather); dt_w ``(K, Dk, R)``,
+    dt_b ``(K, Dk)``, A_logs ``(K * Dk, N)``, Ds ``(K * Dk,)``: contiguous, fp32 or x's dtype;
+    paths ``(K, L)`` int32 contiguous. ``Dk`` = D (HSS) or D / K (``grouped``, GSS: direction k
+    scans channels ``k * Dk .. (k + 1) * Dk`` and writes them back without a sum).
+    Returns out ``(B, D, L)`` contiguous in x's dtype, and ``states``: the state checkpoints
+    saved for the backward, of shape ``states_shape(B, K, Dk, L, N)``, float32 (float64 for
+    float64 inputs).
+
+``scan_bwd(dout, x, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, grouped, deterministic)``
+    ``-> (dx, dx_dbl, d_dt_w, d_dt_b, d_A_logs, d_Ds)``: dout ``(B, D, L)`` any strides; dx
+    ``(B, D, L)`` (the gradient through u only; fp32 or x's dtype); dx_dbl ``(B, K, R + 2N, L)``
+    fp32; parameter gradients fp32 in the parameters' shapes.
+
+``states_shape(B, K, Dk, L, N) -> tuple[int, ...]``: the checkpoint shape (the fake op needs it).
+
+What stays here, common to all backends: the x_proj GEMM (before the kernel) and its two
+gradients (after it), the dtype casts of the gradients, and the shape bookkeeping.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backends import kernel_module
+
+_FUSED = ("triton", "cpu", "cuda")
+
+
+def _flat(x: Tensor) -> Tensor:
+    """(B, D, H, W) -> (B, D, L), a view whenever the strides allow (channels-last does)."""
+    return x.flatten(2)
+
+
+def project(x3: Tensor, x_proj_weight: Tensor, grouped: bool) -> Tensor:
+    """x_dbl = x_proj(x) at every grid position: ``(B, D, L) -> (B, K, R + 2N, L)`` in x's dtype."""
+    w = x_proj_weight.to(x3.dtype)  # (k, c, dk)
+    if grouped:
+        b, d, l = x3.shape
+        k = w.shape[0]
+        return torch.einsum("kcj,bkjl->bkcl", w, x3.reshape(b, k, d // k, l)).contiguous()
+    return torch.einsum("kcd,bdl->bkcl", w, x3).contiguous()
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _FUSED:
+        raise ValueError(f"mambaad::hss_scan runs fused backends {_FUSED}, got {backend!r}")
+
+
+@torch.library.custom_op("mambaad::hss_scan", mutates_args=())
+def hss_scan_op(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
+                A_logs: Tensor, Ds: Tensor, paths: Tensor, backend: str, grouped: bool,
+                deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused HSS / GSS scan. Returns ``(out (B, D, H, W), x_dbl, states)``.
+
+    ``x_dbl`` and ``states`` are the activations saved for the backward (not differentiable):
+    the projection ``(B, K, R + 2N, L)`` and the backend's state checkpoints (float32; float64
+    for float64 inputs).
+    """
+    _check_backend(backend)
+    b, d, h, w = x.shape
+    x3 = _flat(x)
+    x_dbl = project(x3, x_proj_weight, grouped)
+    out, states = kernel_module(backend).scan_fwd(
+        x3, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, grouped, deterministic)
+    return out.view(b, d, h, w), x_dbl, states
+
+
+@hss_scan_op.register_fake
+def _(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, backend, grouped,
+      deterministic):
+    _check_backend(backend)
+    b, d, h, w = x.shape
+    k, c, dk = x_proj_weight.shape
+    shape = kernel_module(backend).states_shape(b, k, dk, h * w, A_logs.shape[1])
+    return (x.new_empty(b, d, h, w), x.new_empty(b, k, c, h * w),
+            x.new_empty(shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
+
+
+@torch.library.custom_op("mambaad::hss_scan_backward", mutates_args=())
+def hss_scan_backward_op(dout: Tensor, x: Tensor, x_dbl: Tensor, states: Tensor,
+                         x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
+                         A_logs: Tensor, Ds: Tensor, paths: Tensor, backend: str, grouped: bool,
+                         deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`hss_scan_op`'s ``out`` for x and the five parameters."""
+    _check_backend(backend)
+    b, d, h, w = x.shape
+    x3 = _flat(x)
+    dx_u, dx_dbl, d_dt_w, d_dt_b, d_A, d_D = kernel_module(backend).scan_bwd(
+        _flat(dout), x3, x_dbl, states, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, grouped,
+        deterministic)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # gradient arithmetic
+    dx_dbl, wf, xf = dx_dbl.to(ct), x_proj_weight.to(ct), x3.to(ct)  # wf (k, c, dk)
+    if grouped:
+        k = wf.shape[0]
+        xg = xf.reshape(b, k, d // k, h * w)  # (b, k, dk, l)
+        d_xpw = torch.einsum("bkcl,bkjl->kcj", dx_dbl, xg)
+        dx_proj = torch.einsum("bkcl,kcj->bkjl", dx_dbl, wf).reshape(b, d, h * w)
+    else:
+        d_xpw = torch.einsum("bkcl,bdl->kcd", dx_dbl, xf)
+        dx_proj = torch.einsum("bkcl,kcd->bdl", dx_dbl, wf)
+    dx = (dx_u.to(ct) + dx_proj).to(x.dtype).view(b, d, h, w)
+    return (dx, d_xpw.to(x_proj_weight.dtype), d_dt_w.to(dt_projs_weight.dtype),
+            d_dt_b.to(dt_projs_bias.dtype), d_A.to(A_logs.dtype), d_D.to(Ds.dtype))
+
+
+@hss_scan_backward_op.register_fake
+def _(dout, x, x_dbl, states, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths,
+      backend, grouped, deterministic):
+    return (torch.empty_like(x), torch.empty_like(x_proj_weight), torch.empty_like(dt_projs_weight),
+            torch.empty_like(dt_projs_bias), torch.empty_like(A_logs), torch.empty_like(Ds))
+
+
+def _setup_context(ctx, inputs, output):
+    x, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths, backend, grouped, deterministic = inputs
+    _, x_dbl, states = output
+    ctx.save_for_backward(x, x_dbl, states, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths)
+    ctx.config = (backend, grouped, deterministic)
+
+
+def _backward(ctx, dout, _dx_dbl, _dstates):
+    x, x_dbl, states, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths = ctx.saved_tensors
+    grads = hss_scan_backward_op(dout, x, x_dbl, states, x_proj_weight, dt_w, dt_b,
+                                 A_logs, Ds, paths, *ctx.config)
+    return (*grads, None, None, None, None)
+
+
+hss_scan_op.register_autograd(_backward, setup_context=_setup_context)
