@@ -124,3 +124,20 @@ class HSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.self_attention(self.ln_1(x)))
+
+
+class GSSBlock(HSSBlock):
+    """Grouped state-space block (MMAD's GSS): ``x + DropPath(SS2D_grouped(LayerNorm(x)))``.
+
+    Our interpretation of MMAD's Grouped State Space block (its paper describes it, no code is
+    published): SS2D whose d_inner channels D are split into K groups (K = ``directions``, D
+    divisible by K); group g is scanned only along direction g of ``scan_method`` and its result
+    goes back on the grid in its own channels (no sum over directions). Parameters per group on its
+    own D / K channels: x_proj_weight (K, R + 2N, D / K), dt_projs_weight (K, D / K, R),
+    dt_projs_bias (K, D / K), A_logs (D, N), Ds (D). The SSM work is that of one direction over D
+    channels: 1 / K of the HSS block's. With K = 1 it is the one-direction HSS block.
+
+    Args and shapes: as :class:`HSSBlock`.
+    """
+
+    grouped = True

@@ -73,3 +73,31 @@ def test_methods_and_directions(method, k):
     m = SS2D(16, d_state=4, scan_method=method, directions=k, backend="reference")
     assert m.x_proj_weight.shape[0] == k
     assert m(torch.randn(1, 4, 6, 16)).shape == (1, 4, 6, 16)
+
+
+def test_gss_block_parameters():
+    from mambaad_kernels.modules import GSSBlock
+
+    c, n, k = 32, 16, 8
+    blk = GSSBlock(c, d_state=n, directions=k)
+    d, r = 2 * c, math.ceil(c / 16)
+    sa = blk.self_attention
+    assert sa.x_proj_weight.shape == (k, r + 2 * n, d // k)
+    assert sa.dt_projs_weight.shape == (k, d // k, r) and sa.dt_projs_bias.shape == (k, d // k)
+    assert sa.A_logs.shape == (d, n) and sa.Ds.shape == (d,)
+    # SS2D count with the per-direction parts divided by K
+    assert sum(p.numel() for p in blk.parameters()) == (
+        2 * c + c * 2 * d + d * 10 + k * (r + 2 * n) * (d // k) + k * (d // k) * (r + 1)
+        + d * n + d + 2 * d + d * c)
+    assert blk(torch.randn(1, 5, 6, c)).shape == (1, 5, 6, c)
+
+
+def test_gss_k1_equals_one_direction_hss():
+    from mambaad_kernels.modules import GSSBlock
+
+    torch.manual_seed(0)
+    gss = GSSBlock(16, d_state=4, directions=1, backend="reference")
+    hss = HSSBlock(16, d_state=4, directions=1, backend="reference")
+    hss.load_state_dict(gss.state_dict())
+    x = torch.randn(2, 5, 7, 16)
+    torch.testing.assert_close(gss(x), hss(x))
