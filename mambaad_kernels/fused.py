@@ -12,15 +12,16 @@ with three functions, the *kernel contract*:
     paths ``(K, L)`` int32 contiguous. ``Dk`` = D (HSS) or D / K (``grouped``, GSS: direction k
     scans channels ``k * Dk .. (k + 1) * Dk`` and writes them back without a sum).
     Returns out ``(B, D, L)`` contiguous in x's dtype, and ``states``: the state checkpoints
-    saved for the backward, of shape ``states_shape(B, K, Dk, L, N)``, float32 (float64 for
-    float64 inputs).
+    saved for the backward, of shape ``states_shape(B, K, Dk, L, N, x.device)``, float32
+    (float64 for float64 inputs).
 
 ``scan_bwd(dout, x, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, grouped, deterministic)``
     ``-> (dx, dx_dbl, d_dt_w, d_dt_b, d_A_logs, d_Ds)``: dout ``(B, D, L)`` any strides; dx
     ``(B, D, L)`` (the gradient through u only; fp32 or x's dtype); dx_dbl ``(B, K, R + 2N, L)``
     fp32; parameter gradients fp32 in the parameters' shapes.
 
-``states_shape(B, K, Dk, L, N) -> tuple[int, ...]``: the checkpoint shape (the fake op needs it).
+``states_shape(B, K, Dk, L, N, device) -> tuple[int, ...]``: the checkpoint shape for tensors on
+``device`` (the fake op needs it; a backend may checkpoint differently per device type).
 
 What stays here, common to all backends: the x_proj GEMM (before the kernel) and its two
 gradients (after it), the dtype casts of the gradients, and the shape bookkeeping.
@@ -81,7 +82,7 @@ def _(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, backe
     _check_backend(backend)
     b, d, h, w = x.shape
     k, c, dk = x_proj_weight.shape
-    shape = kernel_module(backend).states_shape(b, k, dk, h * w, A_logs.shape[1])
+    shape = kernel_module(backend).states_shape(b, k, dk, h * w, A_logs.shape[1], x.device)
     return (x.new_empty(b, d, h, w), x.new_empty(b, k, c, h * w),
             x.new_empty(shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
 

@@ -119,10 +119,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta_bu = delta[..., None] * bb.transpose(-1, -2) * u[..., None]  # (b, d, l, n)
     cc = C.to(ct) if C.dim() == 2 else _expand_groups(C.to(ct), dim)  # (d, n) or (b, d|1, n, l)
     state = u.new_zeros(bsz, dim, A.shape[1])  # (b, d, n)
+    # unbind, not indexing per step: the backward of l selects would zero-fill l full-size gradients
+    da, dbu = delta_a.unbind(2), delta_bu.unbind(2)  # l x (b, d, n)
+    c_steps = None if C.dim() == 2 else cc.unbind(-1)  # l x (b, d|1, n)
     ys = []
     for i in range(length):
-        state = delta_a[:, :, i] * state + delta_bu[:, :, i]  # (b, d, n)
-        c_i = cc if C.dim() == 2 else cc[..., i]  # (d, n) or (b, d|1, n)
+        state = da[i] * state + dbu[i]  # (b, d, n)
+        c_i = cc if c_steps is None else c_steps[i]  # (d, n) or (b, d|1, n)
         ys.append((state * c_i).sum(-1))  # (b, d)
     y = torch.stack(ys, dim=2)  # (b, d, l)
     if D is not None:

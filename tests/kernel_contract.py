@@ -40,7 +40,7 @@ CHUNK = 4
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def states_shape(b, k, dk, l, n):
+def states_shape(b, k, dk, l, n, device=None):
     return (b, k, dk, math.ceil(l / CHUNK), n)
 
 

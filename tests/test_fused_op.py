@@ -34,7 +34,7 @@ def test_contract_matches_reference(contract, grouped, layout):
         p.requires_grad_()
     out, x_dbl, states = fused.hss_scan_op(x, *params, paths, "cpu", grouped, True)
     assert states.dtype == torch.float64 and states.shape == kernel_contract.states_shape(
-        2, 8, params[1].shape[1], 15, 4)
+        2, 8, params[1].shape[1], 15, 4, x.device)
     ref_in = [t.detach().clone().requires_grad_() for t in (x, *params)]
     ref = reference.hss_scan(*ref_in, method="hilbert", directions=8, grouped=grouped)
     assert rel_err(out, ref) < 1e-12
