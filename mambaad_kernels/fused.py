@@ -6,8 +6,10 @@ with three functions, the *kernel contract*:
 
 ``scan_fwd(x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, grouped, deterministic) -> (out, states)``
     x ``(B, D, L)`` in fp32 / fp16 / bf16 (fp64 where the backend supports it), any strides;
-    x_dbl ``(B, K, R + 2N, L)`` contiguous, x's dtype: the x_proj projection at the **original**
-    grid positions (it is pointwise in l, so it commutes with the gather); dt_w ``(K, Dk, R)``,
+    x_dbl ``(B, K, R + 2N, L)`` contiguous, float32 (float64 for float64 inputs) whatever x's
+    dtype: the x_proj projection at the **original** grid positions (it is pointwise in l, so it
+    commutes with the gather; for half inputs it comes from a half GEMM with fp32 output on CUDA,
+    so dt, B and C are not rounded to half); dt_w ``(K, Dk, R)``,
     dt_b ``(K, Dk)``, A_logs ``(K * Dk, N)``, Ds ``(K * Dk,)``: contiguous, fp32 or x's dtype;
     paths ``(K, L)`` int32 contiguous. ``Dk`` = D (HSS) or D / K (``grouped``, GSS: direction k
     scans channels ``k * Dk .. (k + 1) * Dk`` and writes them back without a sum).
@@ -29,6 +31,8 @@ gradients (after it), the dtype casts of the gradients, and the shape bookkeepin
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -42,14 +46,39 @@ def _flat(x: Tensor) -> Tensor:
     return x.flatten(2)
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_half_gemm_fp32_out() -> bool:
+    """Whether this torch has bmm with ``out_dtype`` (half operands, fp32 result) on CUDA."""
+    a = torch.ones(1, 2, 2, device="cuda", dtype=torch.bfloat16)
+    try:
+        return torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
+
+
 def project(x3: Tensor, x_proj_weight: Tensor, grouped: bool) -> Tensor:
-    """x_dbl = x_proj(x) at every grid position: ``(B, D, L) -> (B, K, R + 2N, L)`` in x's dtype."""
-    w = x_proj_weight.to(x3.dtype)  # (k, c, dk)
-    if grouped:
-        b, d, l = x3.shape
-        k = w.shape[0]
-        return torch.einsum("kcj,bkjl->bkcl", w, x3.reshape(b, k, d // k, l)).contiguous()
-    return torch.einsum("kcd,bdl->bkcl", w, x3).contiguous()
+    """x_dbl = x_proj(x) at every grid position: ``(B, D, L) -> (B, K, R + 2N, L)``.
+
+    The result is float32 (float64 for float64 x). Half x on CUDA: a half GEMM with fp32 output
+    (tensor cores, no fp32 copy of x) where torch has it; elsewhere the GEMM runs in the result
+    dtype on an upcast copy of x.
+    """
+    b, d, l = x3.shape
+    k, c, dk = x_proj_weight.shape
+    ct = torch.float64 if x3.dtype == torch.float64 else torch.float32
+    half = x3.dtype in (torch.float16, torch.bfloat16)
+    xs = x3.reshape(b * k, dk, l) if grouped else x3  # (b k, dk, l) or (b, d, l)
+    if half and x3.is_cuda and _cuda_half_gemm_fp32_out():
+        w = x_proj_weight.to(x3.dtype)  # (k, c, dk)
+        w = w.expand(b, k, c, dk).reshape(b * k, c, dk) if grouped else w.reshape(1, k * c, d).expand(b, -1, -1)
+        out = torch.bmm(w, xs, out_dtype=torch.float32)
+    else:
+        w = x_proj_weight.to(ct)
+        if grouped:
+            out = torch.bmm(w.expand(b, k, c, dk).reshape(b * k, c, dk), xs.to(ct))
+        else:
+            out = torch.matmul(w.reshape(k * c, d), xs.to(ct))  # (b, k c, l)
+    return out.reshape(b, k, c, l).contiguous()
 
 
 def _check_backend(backend: str) -> None:
@@ -83,8 +112,8 @@ def _(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, backe
     b, d, h, w = x.shape
     k, c, dk = x_proj_weight.shape
     shape = kernel_module(backend).states_shape(b, k, dk, h * w, A_logs.shape[1], x.device)
-    return (x.new_empty(b, d, h, w), x.new_empty(b, k, c, h * w),
-            x.new_empty(shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.new_empty(b, d, h, w), x.new_empty(b, k, c, h * w, dtype=ct), x.new_empty(shape, dtype=ct))
 
 
 @torch.library.custom_op("mambaad::hss_scan_backward", mutates_args=())
