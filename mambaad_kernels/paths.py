@@ -236,7 +236,8 @@ def scan_path(h: int, w: int, method: str = "hilbert", direction: int = 0) -> to
 def _paths_cached(h: int, w: int, method: str, directions: int, device: torch.device,
                   dtype: torch.dtype) -> torch.Tensor:
     rows = [_path_np(h, w, method, k) for k in DIRECTION_ROWS[directions]]
-    return torch.from_numpy(np.stack(rows)).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # a cached inference tensor could never be saved for backward
+        return torch.from_numpy(np.stack(rows)).to(device=device, dtype=dtype)
 
 
 def _as_device(device: torch.device | str | None) -> torch.device:
