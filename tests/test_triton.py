@@ -95,7 +95,9 @@ def test_states_shape_and_dtype():
 
 
 def test_strided_dout_matches_contiguous():
-    """dout arrives with any strides (channels-last views): same gradients, bit for bit."""
+    """dout arrives with any strides (channels-last views): the same gradients. Bit for bit under the
+    interpreter; on a GPU to rounding, since Triton picks register layouts (and so the order of
+    in-kernel sums) from the strides it sees."""
     launch = _launch()
     x, x_dbl, dtw, dtb, alog, ds, paths = _contract_inputs(seed=1)
     _, states = launch.scan_fwd(x, x_dbl, dtw, dtb, alog, ds, paths, False, True)
@@ -105,7 +107,10 @@ def test_strided_dout_matches_contiguous():
     got = launch.scan_bwd(g, x, x_dbl, states, dtw, dtb, alog, ds, paths, False, True)
     want = launch.scan_bwd(g.contiguous(), x, x_dbl, states, dtw, dtb, alog, ds, paths, False, True)
     for a, b_ in zip(got, want):
-        assert torch.equal(a, b_)
+        if a.is_cuda:
+            torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5 * b_.abs().max().item())
+        else:
+            assert torch.equal(a, b_)
 
 
 @pytest.mark.parametrize("grouped", [False, True])

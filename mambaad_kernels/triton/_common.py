@@ -60,6 +60,20 @@ def suffix_combine(alpha_late, p_late, s_late, alpha_early, p_early, s_early):
 
 
 @triton.jit
+def matmul(a, b, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``a (M, K) @ b (K, N)`` accumulated in ACC.
+
+    float64 goes through a broadcast multiply and ``tl.sum`` instead of ``tl.dot``: float64 exists
+    for gradient checks, not speed, and Triton 3.6's float64 ``tl.dot`` on CUDA gave wrong
+    gradients in our GPU parity run (2026-11-23).
+    """
+    if ACC == tl.float64:
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION, out_dtype=ACC)
+
+
+@triton.jit
 def load_chunk(paths_ptr, x_base, x_rows, sx_l, xd_base, wt, bias, k, L, R, N, t0,
                offs_t, offs_n, offs_r, dm, nm, rm, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Gather one chunk of BT steps of direction k and compute its step sizes.
@@ -78,7 +92,7 @@ def load_chunk(paths_ptr, x_base, x_rows, sx_l, xd_base, wt, bias, k, L, R, N, t
     tn_mask = tm[:, None] & nm[None, :]
     bm = tl.load(xd_base + (R + offs_n)[None, :] * L + p[:, None], mask=tn_mask, other=0.0).to(ACC)
     cm = tl.load(xd_base + (R + N + offs_n)[None, :] * L + p[:, None], mask=tn_mask, other=0.0).to(ACC)
-    z = tl.dot(dtr, wt, input_precision=DOT_PRECISION, out_dtype=ACC) + bias[None, :]
+    z = matmul(dtr, wt, ACC, DOT_PRECISION) + bias[None, :]
     return p, tm, u, dtr, bm, cm, z
 
 
@@ -92,8 +106,11 @@ def sum_over_n(v, x, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     BT: tl.constexpr = x.shape[0]
     NP: tl.constexpr = x.shape[1]
     BD: tl.constexpr = x.shape[2]
-    out = tl.dot(tl.reshape(v, (BT, 1, NP)), x, input_precision=DOT_PRECISION, out_dtype=ACC)
-    return tl.reshape(out, (BT, BD))
+    if ACC == tl.float64:  # see matmul
+        return tl.sum(v[:, :, None] * x, axis=1)
+    else:
+        out = tl.dot(tl.reshape(v, (BT, 1, NP)), x, input_precision=DOT_PRECISION, out_dtype=ACC)
+        return tl.reshape(out, (BT, BD))
 
 
 @triton.jit
@@ -102,8 +119,11 @@ def sum_over_d(x, v, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     BT: tl.constexpr = x.shape[0]
     NP: tl.constexpr = x.shape[1]
     BD: tl.constexpr = x.shape[2]
-    out = tl.dot(x, tl.reshape(v, (BT, BD, 1)), input_precision=DOT_PRECISION, out_dtype=ACC)
-    return tl.reshape(out, (BT, NP))
+    if ACC == tl.float64:  # see matmul
+        return tl.sum(x * v[:, None, :], axis=2)
+    else:
+        out = tl.dot(x, tl.reshape(v, (BT, BD, 1)), input_precision=DOT_PRECISION, out_dtype=ACC)
+        return tl.reshape(out, (BT, NP))
 
 
 @triton.jit

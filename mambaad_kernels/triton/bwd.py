@@ -11,8 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, linear_combine, load_chunk, softplus, softplus_and_grad, suffix_combine,
-                      sum_over_d, sum_over_n)
+from ._common import (LOG2E, linear_combine, load_chunk, matmul, softplus, softplus_and_grad,
+                      suffix_combine, sum_over_d, sum_over_n)
 
 
 @triton.jit
@@ -57,8 +57,8 @@ def chunk_grads(c, h0, q, da_acc, dwt_acc, db_acc, dd_acc,  # chunk index, its s
     dz = tl.where(td_mask, (s_a + u * s_b) * dsp, 0.0)  # d delta -> d z
     db_acc += tl.sum(dz, axis=0)
     dd_acc += tl.sum(g * u, axis=0)
-    dwt_acc += tl.dot(tl.trans(dtr), dz, input_precision=DOT_PRECISION, out_dtype=ACC)  # (BR, BD)
-    ddt = tl.dot(dz, w, input_precision=DOT_PRECISION, out_dtype=ACC)  # (BT, BR)
+    dwt_acc += matmul(tl.trans(dtr), dz, ACC, DOT_PRECISION)  # (BR, BD)
+    ddt = matmul(dz, w, ACC, DOT_PRECISION)  # (BT, BR)
 
     tl.store(du_base + du_rows[None, :] + p[:, None], du, mask=td_mask)
     tl.store(dq_base + offs_r[None, :] * L + p[:, None], ddt, mask=tm[:, None] & rm[None, :])
