@@ -72,6 +72,8 @@ def _extension_reason(device_type: str, backend: str) -> str | None:
     if not ext.has_kernels(backend):
         return (f"the compiled extension has no {backend.upper()} kernels: rebuild it"
                 + (" with a CUDA toolkit (nvcc on PATH or CUDA_HOME set)" if backend == "cuda" else ""))
+    if backend == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
     return None
 
 
