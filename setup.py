@@ -8,6 +8,8 @@ PATH or CUDA_HOME), for ``TORCH_CUDA_ARCH_LIST`` if set, else sm_80 and sm_90.
 
 import glob
 import os
+import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 
@@ -18,24 +20,52 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern), recursive=True))
 
 
+def _cuda_home_from_nvcc():
+    """Set CUDA_HOME from nvcc itself when the nvcc on PATH is a wrapper outside the toolkit.
+
+    torch guesses CUDA_HOME as the parent of nvcc's directory; for a wrapper script such as
+    /usr/local/bin/nvcc that is /usr/local, without the toolkit's headers and libcudart. nvcc
+    reports its real installation (TOP) in a dry run.
+    """
+    nvcc = shutil.which("nvcc")
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or nvcc is None:
+        return
+    if os.path.exists(os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include", "cuda_runtime.h")):
+        return
+    try:
+        res = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return
+    for line in (res.stdout + res.stderr).splitlines():
+        if "TOP=" in line:
+            top = os.path.normpath(line.split("TOP=", 1)[1].strip().strip('"'))
+            if os.path.exists(os.path.join(top, "include", "cuda_runtime.h")):
+                os.environ["CUDA_HOME"] = top
+            return
+
+
 def extension_args():
     if os.environ.get("MAMBAAD_BUILD_EXT", "1") == "0":
         return {}
     cpp = _sources("csrc/**/*.cpp")
     if not cpp:
         return {}
+    if os.environ.get("MAMBAAD_BUILD_CUDA", "1") != "0":
+        _cuda_home_from_nvcc()  # before torch.utils.cpp_extension reads CUDA_HOME
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     cu = _sources("csrc/**/*.cu")
     with_cuda = bool(cu) and CUDA_HOME is not None and os.environ.get("MAMBAAD_BUILD_CUDA", "1") != "0"
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # -ffp-contract=fast: fuse a * b + c into FMAs (ISO C++ mode leaves it off otherwise)
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
     if os.environ.get("MAMBAAD_NATIVE", "1") == "1":
         cxx.append("-march=native")  # the extension is built on the machine that runs it
     kwargs = dict(name="mambaad_kernels._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"])
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
+        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
                 "-DMAMBAAD_WITH_CUDA"]
         ext = CUDAExtension(sources=cpp + cu, extra_compile_args={"cxx": cxx + ["-DMAMBAAD_WITH_CUDA"],
                                                                   "nvcc": nvcc}, **kwargs)

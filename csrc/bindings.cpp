@@ -1,0 +1,41 @@
+// The compiled extension mambaad_kernels._C: defines the torch ops mambaad::scan_fwd and
+// mambaad::scan_bwd (the kernel contract of mambaad_kernels/fused.py), registers their CPU kernels
+// (csrc/cpu/), and exposes a few build constants to Python. The CUDA kernels (csrc/cuda/, when
+// built) register under the same names with TORCH_LIBRARY_IMPL(mambaad, CUDA, m); the fake (meta)
+// implementations and the autograd live in Python (mambaad_kernels/cuda.py, fused.py).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "cpu/scan_cpu.h"
+
+TORCH_LIBRARY(mambaad, m) {
+  // The fake implementations live in this Python module; torch names it in the error it raises when
+  // a fake is missing (it does not import it itself: PYBIND11_MODULE below does).
+  m.set_python_module("mambaad_kernels.cuda");
+  m.def("scan_fwd(Tensor x, Tensor x_dbl, Tensor dt_w, Tensor dt_b, Tensor A_logs, Tensor Ds, "
+        "Tensor paths, bool grouped, bool deterministic) -> (Tensor, Tensor)");
+  m.def("scan_bwd(Tensor dout, Tensor x, Tensor x_dbl, Tensor states, Tensor dt_w, Tensor dt_b, "
+        "Tensor A_logs, Tensor Ds, Tensor paths, bool grouped, bool deterministic) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mambaad, CPU, m) {
+  m.impl("scan_fwd", &mambaad::cpu::scan_fwd);
+  m.impl("scan_bwd", &mambaad::cpu::scan_bwd);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mambaad_kernels._C: the fused HSS scan kernels (torch ops mambaad::scan_fwd / scan_bwd)";
+  m.attr("CPU_STATE_CHUNK") = mambaad::kCpuStateChunk;
+  m.attr("CPU_LANES") = mambaad::cpu::lanes();  // channels per SIMD vector of the CPU kernels
+#ifdef MAMBAAD_WITH_CUDA
+  m.attr("WITH_CUDA") = true;
+#else
+  m.attr("WITH_CUDA") = false;
+#endif
+  // Register the ops' fake (meta) kernels now, so that importing the extension alone is enough for
+  // FakeTensor / torch.compile tracing. mambaad_kernels.cuda does not import _C at module level:
+  // no import cycle.
+  pybind11::module_::import("mambaad_kernels.cuda").attr("_register_fakes")();
+}
