@@ -1,0 +1,11 @@
+// The backward scan kernels for c10::Half inputs (one translation unit per direction and dtype, so
+// that nvcc compiles them in parallel). The kernels: scan_bwd.cuh; the design: scan.cu.
+#include "launch_impl.cuh"
+
+namespace mambaad {
+namespace scan {
+
+MAMBAAD_BWD_CONFIGS_F32(MAMBAAD_INSTANTIATE_BWD, c10::Half)
+
+}  // namespace scan
+}  // namespace mambaad

@@ -1,0 +1,386 @@
+// Host side of the CUDA scan kernels: argument checks, output allocation (NaN-poisoned under
+// MAMBAAD_POISON=1), the choice of a kernel configuration and the launches. The same code drives
+// the real kernels (scan.cu, nvcc) and the CPU emulation of them (emulate.cc, -DMAMBAAD_EMU).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+#include "common.h"
+#include "launch.h"
+
+#if defined(MAMBAAD_EMU)
+#include "launch_impl.cuh"  // the emulator build compiles the kernels here
+#else
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace mambaad {
+namespace scan {
+
+// Which configuration to launch: -1 chooses by shape; 0 the main one for the shape; 1 the small
+// fallback (128 threads, little shared memory). The emulator tests force each.
+struct LaunchOptions {
+  int config = -1;
+};
+
+// Argument checks with clear errors: ValueError for shapes and devices, TypeError for dtypes
+// (as the CPU kernels' csrc/common.h). x_dbl is in the compute dtype (float32, float64 for float64
+// x: the contract of mambaad_kernels/fused.py), whatever x's dtype: half x_dbl is refused, since
+// dt, B and C rounded to half would change the results.
+inline void check_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& x,
+                        at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(p.device() == x.device(), op, ": ", name, " is on ", p.device(), " but x is on ",
+                    x.device());
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == x.scalar_type(), op, ": ", name,
+                   " must be float32 or x's dtype (", x.scalar_type(), "), got ", p.scalar_type());
+  TORCH_CHECK_VALUE(p.sizes() == shape, op, ": ", name, " has shape ", p.sizes(), ", expected ", shape);
+}
+
+inline ScanGeometry check_args(const char* op, const at::Tensor& x, const at::Tensor& x_dbl,
+                               const at::Tensor& dt_w, const at::Tensor& dt_b,
+                               const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths,
+                               bool grouped, at::DeviceType device_type) {
+  const auto xt = x.scalar_type();
+  TORCH_CHECK_TYPE(xt == at::kFloat || xt == at::kHalf || xt == at::kBFloat16 || xt == at::kDouble, op,
+                   ": x must be float32, float16, bfloat16 or float64, got ", xt);
+  TORCH_CHECK_VALUE(x.device().type() == device_type, op, ": x must be on a ",
+                    c10::DeviceTypeName(device_type), " device, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be (B, D, L), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(dt_w.dim() == 3, op, ": dt_w must be (K, Dk, R), got shape ", dt_w.sizes());
+  TORCH_CHECK_VALUE(A_logs.dim() == 2, op, ": A_logs must be (K * Dk, N), got shape ", A_logs.sizes());
+  ScanGeometry g{};
+  g.B = x.size(0);
+  g.D = x.size(1);
+  g.L = x.size(2);
+  g.K = dt_w.size(0);
+  g.Dk = dt_w.size(1);
+  g.R = dt_w.size(2);
+  g.N = A_logs.size(1);
+  g.grouped = grouped;
+  TORCH_CHECK_VALUE(g.B > 0 && g.D > 0 && g.L > 0, op, ": x has no elements, shape ", x.sizes());
+  TORCH_CHECK_VALUE(g.K > 0 && g.R > 0 && g.N > 0, op, ": K, R and N must be positive, got K = ", g.K,
+                    ", R = ", g.R, ", N = ", g.N);
+  TORCH_CHECK_VALUE(g.D == (grouped ? g.K * g.Dk : g.Dk), op, ": x has D = ", g.D,
+                    " channels but dt_w ", dt_w.sizes(), " gives Dk = ", g.Dk, " for K = ", g.K,
+                    grouped ? " (grouped: D = K * Dk)" : " (D = Dk)");
+  TORCH_CHECK_VALUE(g.B <= 65535 && g.K <= 65535, op, ": B and K must be at most 65535, got B = ",
+                    g.B, ", K = ", g.K);
+  TORCH_CHECK_VALUE(g.L < (int64_t{1} << 30) && g.Dk < (int64_t{1} << 30) && g.dbl_rows() <= 4096,
+                    op, ": L and D must be below 2^30 and R + 2N at most 4096");
+  TORCH_CHECK_VALUE(x_dbl.device() == x.device(), op, ": x_dbl is on ", x_dbl.device(),
+                    " but x is on ", x.device());
+  TORCH_CHECK_TYPE(x_dbl.scalar_type() == compute_dtype(xt), op, ": x_dbl must be ", compute_dtype(xt),
+                   " (the compute dtype: float32, float64 for float64 x) for ", xt, " x, got ",
+                   x_dbl.scalar_type());
+  TORCH_CHECK_VALUE(x_dbl.sizes() == at::IntArrayRef({g.B, g.K, g.dbl_rows(), g.L}), op,
+                    ": x_dbl has shape ", x_dbl.sizes(), ", expected (B, K, R + 2N, L) = (", g.B, ", ",
+                    g.K, ", ", g.dbl_rows(), ", ", g.L, ")");
+  check_param(op, "dt_w", dt_w, x, {g.K, g.Dk, g.R});
+  check_param(op, "dt_b", dt_b, x, {g.K, g.Dk});
+  check_param(op, "A_logs", A_logs, x, {g.K * g.Dk, g.N});
+  check_param(op, "Ds", Ds, x, {g.K * g.Dk});
+  TORCH_CHECK_VALUE(paths.device() == x.device(), op, ": paths is on ", paths.device(),
+                    " but x is on ", x.device());
+  TORCH_CHECK_TYPE(paths.scalar_type() == at::kInt, op, ": paths must be int32, got ",
+                   paths.scalar_type());
+  TORCH_CHECK_VALUE(paths.sizes() == at::IntArrayRef({g.K, g.L}), op, ": paths has shape ",
+                    paths.sizes(), ", expected (K, L) = (", g.K, ", ", g.L, ")");
+  return g;
+}
+
+// MAMBAAD_POISON=1: fill every buffer a call allocates with NaN (read once per call).
+inline bool poison_requested() {
+  const char* v = std::getenv("MAMBAAD_POISON");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+inline at::Tensor alloc(at::IntArrayRef shape, at::ScalarType dtype, const at::Device& device,
+                        bool poison) {
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  return poison ? at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts)
+                : at::empty(shape, opts);
+}
+
+// A tensor in the accumulation type, contiguous (no copy when it already is).
+inline at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
+
+// ---- device properties ---------------------------------------------------------------------------
+#if defined(MAMBAAD_EMU)
+inline int64_t smem_limit(const at::Tensor&) {
+  const char* v = std::getenv("MAMBAAD_EMU_SMEM_LIMIT");
+  return v ? std::atoll(v) : 227 * 1024 - 1024;  // the H100's, as smem_limit() below gives it
+}
+inline int sm_count(const at::Tensor&) { return 4; }
+#else
+// The opt-in dynamic shared memory per block (232448 bytes on the H100, 166912 on the A100), less
+// 1 KB: cuobjdump reports 1 KB of static shared memory for the sm_90 kernels, and static plus
+// dynamic must fit the opt-in limit, else cudaFuncSetAttribute fails instead of the host falling
+// back to a smaller configuration. Our largest configuration needs 215 KB at MambaAD's stage 0.
+inline int64_t smem_limit(const at::Tensor& x) {
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
+  return static_cast<int64_t>(v) - 1024;
+}
+inline int sm_count(const at::Tensor& x) {
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, x.get_device()));
+  return v;
+}
+#endif
+
+// ---- forward -------------------------------------------------------------------------------------
+template <typename T, typename A, int NW, int LPC, int TI>
+bool try_fwd(FwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool poison) {
+  using Kn = FwdKernel<T, A, NW, LPC, TI>;
+  static_assert(kStateChunk % TI == 0, "a checkpoint must start a lane's steps");
+  const int64_t acc_bytes = static_cast<int64_t>(Kn::G) * a.L * static_cast<int64_t>(sizeof(A));
+  const int64_t with_acc = fwd_smem_bytes<A, NW, LPC, TI>(a.R, a.N, a.L, true);
+  a.acc_in_smem = with_acc <= limit && acc_bytes <= 64 * 1024;
+  const int64_t smem =
+      a.acc_in_smem ? with_acc : fwd_smem_bytes<A, NW, LPC, TI>(a.R, a.N, a.L, false);
+  if (smem > limit) return false;
+  at::Tensor ws;  // freed after the launch: the caching allocator orders reuse on the stream
+  if (a.acc_in_smem) {
+    a.acc = nullptr;
+  } else if (std::is_same_v<T, A>) {
+    a.acc = reinterpret_cast<A*>(a.out);
+  } else {
+    ws = alloc({a.B, a.D, a.L}, compute_dtype(x.scalar_type()), x.device(), poison);
+    a.acc = ws.template data_ptr<A>();
+  }
+  const int64_t gpd = (a.Dk + Kn::G - 1) / Kn::G;
+  a.groups_per_dir = static_cast<int>(gpd);
+  const int64_t gx = a.grouped ? gpd * a.K : gpd;
+  TORCH_CHECK(gx < (int64_t{1} << 31), "mambaad::scan_fwd (cuda): too many channel groups");
+  launch_fwd<T, A, NW, LPC, TI>(a, Grid{static_cast<unsigned>(gx), static_cast<unsigned>(a.B), 1},
+                                smem);
+  return true;
+}
+
+// The configurations: lanes per channel LPC and steps per lane TI set the chunk LPC * TI; the main
+// ones have 16 warps; the fallback <4, 8, 8> needs the least shared memory.
+template <typename T, typename A>
+void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, bool poison, const LaunchOptions& opt) {
+  const int64_t limit = smem_limit(x);
+  bool done = false;
+  if constexpr (!std::is_same_v<A, double>) {
+    if (opt.config <= 0) {
+      if (a.L <= 64) {
+        done = try_fwd<T, A, 16, 4, 16>(a, x, limit, poison);
+      } else if (a.L <= 128) {
+        done = try_fwd<T, A, 16, 8, 16>(a, x, limit, poison);
+      } else {
+        done = try_fwd<T, A, 16, 32, 8>(a, x, limit, poison);
+      }
+    }
+  }
+  if (!done) done = try_fwd<T, A, 4, 8, 8>(a, x, limit, poison);
+  TORCH_CHECK(done, "mambaad::scan_fwd (cuda): R + 2N = ", a.R + 2 * a.N,
+              " needs more shared memory than the device has (", limit, " bytes per block)");
+}
+
+inline std::tuple<at::Tensor, at::Tensor> scan_fwd_impl(
+    const at::Tensor& x, const at::Tensor& x_dbl_in, const at::Tensor& dt_w, const at::Tensor& dt_b,
+    const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths_in, bool grouped,
+    bool /*deterministic: the forward merge always has a fixed order*/, at::DeviceType device_type,
+    const LaunchOptions& opt = {}) {
+  const char* op = "mambaad::scan_fwd (cuda)";
+  const ScanGeometry g = check_args(op, x, x_dbl_in, dt_w, dt_b, A_logs, Ds, paths_in, grouped,
+                                    device_type);
+  const bool poison = poison_requested();
+  const auto dt = x.scalar_type(), acc = compute_dtype(dt);
+  const int64_t ns = ScanGeometry::n_chunks(g.L, kStateChunk);
+  at::Tensor out = alloc({g.B, g.D, g.L}, dt, x.device(), poison);
+  at::Tensor states = alloc({g.B, g.K, g.Dk, ns, g.N}, acc, x.device(), poison);
+  const at::Tensor x_dbl = as_acc(x_dbl_in, acc), paths = paths_in.contiguous();
+  const at::Tensor w = as_acc(dt_w, acc), bsv = as_acc(dt_b, acc), al = as_acc(A_logs, acc),
+                   dsv = as_acc(Ds, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "mambaad_scan_fwd_cuda", [&] {
+    using T = scalar_t;
+    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    FwdArgs<T, A> a{};
+    a.x = x.data_ptr<T>();
+    a.sxb = x.stride(0);
+    a.sxd = x.stride(1);
+    a.sxl = x.stride(2);
+    a.xdbl = x_dbl.data_ptr<A>();
+    a.dtw = w.data_ptr<A>();
+    a.dtb = bsv.data_ptr<A>();
+    a.alog = al.data_ptr<A>();
+    a.ds = dsv.data_ptr<A>();
+    a.paths = paths.data_ptr<int32_t>();
+    a.out = out.data_ptr<T>();
+    a.states = states.data_ptr<A>();
+    a.B = static_cast<int>(g.B);
+    a.D = static_cast<int>(g.D);
+    a.L = static_cast<int>(g.L);
+    a.K = static_cast<int>(g.K);
+    a.Dk = static_cast<int>(g.Dk);
+    a.R = static_cast<int>(g.R);
+    a.N = static_cast<int>(g.N);
+    a.NS = static_cast<int>(ns);
+    a.grouped = grouped;
+    a.x_channels_fast = x.stride(1) == 1 && g.D > 1;
+    run_fwd<T, A>(a, x, poison, opt);
+  });
+  return {out, states};
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+// The slices a backward call sums after its main kernel, kept alive until that sum is launched.
+template <typename A>
+struct BwdWork {
+  at::Tensor dx_part, dxdbl_part;
+  SumArgs<A> sums{};
+};
+
+template <typename A>
+void add_sum(BwdWork<A>& w, const A* in, A* out, int64_t n, int64_t slices) {
+  w.sums.seg[w.sums.nseg++] = SumSegment<A>{in, out, n, static_cast<int>(slices)};
+}
+
+template <typename T, typename A, int NW, int LPC, int TI>
+bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det, bool poison,
+             at::Tensor& dx, at::Tensor& dx_dbl, BwdWork<A>& w) {
+  using Kn = BwdKernel<T, A, NW, LPC, TI>;
+  static_assert(Kn::CH == kStateChunk, "the backward chunk is the checkpoint interval");
+  const int64_t smem = bwd_smem_bytes<A, NW, LPC, TI>(a.R, a.N);
+  if (smem > limit) return false;
+  const auto acc = std::is_same_v<A, double> ? at::kDouble : at::kFloat;
+  const int64_t B = a.B, D = a.D, L = a.L, K = a.K, Dk = a.Dk, C2 = a.R + 2 * a.N;
+  const int64_t ng = (Dk + Kn::G - 1) / Kn::G;
+  TORCH_CHECK(ng <= 65535, "mambaad::scan_bwd (cuda): too many channel groups");
+  a.NG = static_cast<int>(ng);
+  // d x: one writer per element for GSS or K == 1; else one slice per direction (or atomics)
+  if (a.grouped || K == 1) {
+    a.dx_mode = kStore;
+    a.dx = dx.data_ptr<A>();
+  } else if (det) {
+    a.dx_mode = kPartial;
+    w.dx_part = alloc({K, B, D, L}, acc, x.device(), poison);
+    a.dx = w.dx_part.template data_ptr<A>();
+    add_sum(w, a.dx, dx.data_ptr<A>(), B * D * L, K);
+  } else {
+    a.dx_mode = kAtomic;
+    dx.zero_();
+    a.dx = dx.data_ptr<A>();
+  }
+  // d x_dbl: one writer when one block holds all the channels of a direction; else one slice per
+  // channel group (or atomics)
+  if (ng == 1) {
+    a.dxdbl_mode = kStore;
+    a.dxdbl = dx_dbl.data_ptr<A>();
+  } else if (det) {
+    a.dxdbl_mode = kPartial;
+    w.dxdbl_part = alloc({ng, B, K, C2, L}, acc, x.device(), poison);
+    a.dxdbl = w.dxdbl_part.template data_ptr<A>();
+    add_sum(w, a.dxdbl, dx_dbl.data_ptr<A>(), B * K * C2 * L, ng);
+  } else {
+    a.dxdbl_mode = kAtomic;
+    dx_dbl.zero_();
+    a.dxdbl = dx_dbl.data_ptr<A>();
+  }
+  launch_bwd<T, A, NW, LPC, TI>(
+      a, Grid{static_cast<unsigned>(ng), static_cast<unsigned>(K), static_cast<unsigned>(B)}, smem);
+  return true;
+}
+
+template <typename T, typename A>
+void run_bwd(const BwdArgs<T, A>& a, const at::Tensor& x, bool det, bool poison, at::Tensor& dx,
+             at::Tensor& dx_dbl, BwdWork<A>& w, const LaunchOptions& opt) {
+  const int64_t limit = smem_limit(x);
+  bool done = false;
+  if constexpr (std::is_same_v<A, double>) {
+    done = try_bwd<T, A, 4, 16, 8>(a, x, limit, det, poison, dx, dx_dbl, w);
+  } else {
+    if (opt.config <= 0) done = try_bwd<T, A, 16, 8, 16>(a, x, limit, det, poison, dx, dx_dbl, w);
+    if (!done) done = try_bwd<T, A, 4, 8, 16>(a, x, limit, det, poison, dx, dx_dbl, w);
+  }
+  TORCH_CHECK(done, "mambaad::scan_bwd (cuda): R + 2N = ", a.R + 2 * a.N,
+              " needs more shared memory than the device has (", limit, " bytes per block)");
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd_impl(
+    const at::Tensor& dout, const at::Tensor& x, const at::Tensor& x_dbl_in, const at::Tensor& states,
+    const at::Tensor& dt_w, const at::Tensor& dt_b, const at::Tensor& A_logs, const at::Tensor& Ds,
+    const at::Tensor& paths_in, bool grouped, bool deterministic, at::DeviceType device_type,
+    const LaunchOptions& opt = {}) {
+  const char* op = "mambaad::scan_bwd (cuda)";
+  const ScanGeometry g = check_args(op, x, x_dbl_in, dt_w, dt_b, A_logs, Ds, paths_in, grouped,
+                                    device_type);
+  check_bwd_args(op, dout, x, states, g, kStateChunk);
+  const auto dt = x.scalar_type(), acc = compute_dtype(dt);
+  const int64_t C2 = g.dbl_rows();
+  const at::Tensor x_dbl = as_acc(x_dbl_in, acc), paths = paths_in.contiguous();
+  const bool poison = poison_requested();
+  const auto dev = x.device();
+  at::Tensor dx = alloc({g.B, g.D, g.L}, acc, dev, poison);
+  at::Tensor dx_dbl = alloc({g.B, g.K, C2, g.L}, acc, dev, poison);
+  const int64_t kd = g.K * g.Dk;
+  at::Tensor pbuf = alloc({g.B * kd * (g.R + g.N + 2)}, acc, dev, poison);  // per-batch slices
+  at::Tensor d_dt_w = alloc({g.K, g.Dk, g.R}, acc, dev, poison);
+  at::Tensor d_dt_b = alloc({g.K, g.Dk}, acc, dev, poison);
+  at::Tensor d_A = alloc({kd, g.N}, acc, dev, poison);
+  at::Tensor d_D = alloc({kd}, acc, dev, poison);
+  const at::Tensor w = as_acc(dt_w, acc), bsv = as_acc(dt_b, acc), al = as_acc(A_logs, acc),
+                   dsv = as_acc(Ds, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "mambaad_scan_bwd_cuda", [&] {
+    using T = scalar_t;
+    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    BwdArgs<T, A> a{};
+    a.dout = dout.data_ptr<T>();
+    a.sgb = dout.stride(0);
+    a.sgd = dout.stride(1);
+    a.sgl = dout.stride(2);
+    a.x = x.data_ptr<T>();
+    a.sxb = x.stride(0);
+    a.sxd = x.stride(1);
+    a.sxl = x.stride(2);
+    a.xdbl = x_dbl.data_ptr<A>();
+    a.states = states.data_ptr<A>();
+    a.dtw = w.data_ptr<A>();
+    a.dtb = bsv.data_ptr<A>();
+    a.alog = al.data_ptr<A>();
+    a.ds = dsv.data_ptr<A>();
+    a.paths = paths.data_ptr<int32_t>();
+    A* pb = pbuf.data_ptr<A>();
+    a.p_dtw = pb;
+    a.p_dA = a.p_dtw + g.B * kd * g.R;
+    a.p_db = a.p_dA + g.B * kd * g.N;
+    a.p_dD = a.p_db + g.B * kd;
+    a.B = static_cast<int>(g.B);
+    a.D = static_cast<int>(g.D);
+    a.L = static_cast<int>(g.L);
+    a.K = static_cast<int>(g.K);
+    a.Dk = static_cast<int>(g.Dk);
+    a.R = static_cast<int>(g.R);
+    a.N = static_cast<int>(g.N);
+    a.NS = static_cast<int>(states.size(3));
+    a.grouped = grouped;
+    a.g_channels_fast = dout.stride(1) == 1 && g.D > 1;
+    BwdWork<A> work;
+    run_bwd<T, A>(a, x, deterministic, poison, dx, dx_dbl, work, opt);
+    // parameter gradients: sum the per-batch slices (always in batch order)
+    add_sum(work, a.p_dtw, d_dt_w.data_ptr<A>(), kd * g.R, g.B);
+    add_sum(work, a.p_dA, d_A.data_ptr<A>(), kd * g.N, g.B);
+    add_sum(work, a.p_db, d_dt_b.data_ptr<A>(), kd, g.B);
+    add_sum(work, a.p_dD, d_D.data_ptr<A>(), kd, g.B);
+    int64_t total = 0;
+    for (int s = 0; s < work.sums.nseg; ++s) total += work.sums.seg[s].n;
+    const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{8} * sm_count(x));
+    launch_sum<A>(work.sums, total, static_cast<unsigned>(blocks));
+  });
+  return {dx, dx_dbl, d_dt_w, d_dt_b, d_A, d_D};
+}
+
+}  // namespace scan
+}  // namespace mambaad
