@@ -1,0 +1,95 @@
+"""Checkpoints of ``mambaad train``: what they hold, atomic writes, rebuilding the model.
+
+A checkpoint (``torch.save`` of a dict, loadable with ``weights_only=True``) holds:
+
+- ``format`` (``"mambaad-checkpoint"``), ``version``;
+- ``model_name`` and ``model_config`` (``dataclasses.asdict(model.config)``): enough to rebuild the
+  model with :func:`mambaad.create_model`; ``state_dict``: all of its weights, the frozen encoder's
+  too, so that no download or weight file is needed to use it;
+- ``train_config`` (the :class:`mambaad.runconfig.TrainConfig` as a dict), ``image_size``,
+  ``dataset``, ``categories``;
+- for resuming: ``optimizer``, ``scheduler``, ``step``, ``epoch``, ``epoch_step`` (batches of the
+  current epoch already done), ``torch_rng``;
+- written by ``mambaad eval``: ``thresholds`` (``{"image": {category: t, "all": t},
+  "pixel": {...}}``, F1-max thresholds, score >= t is anomalous), ``map_range`` (the 0.1 and
+  99.9 percentiles of the evaluated maps, for heat-map colours) and ``metrics``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+FORMAT = "mambaad-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint of ``mambaad train`` (the message names it)."""
+
+
+def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a checkpoint of ``mambaad train`` (on the CPU).
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: not one of our checkpoints.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors of many kinds
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a mambaad train checkpoint (no format={FORMAT!r} entry)")
+    for key in ("model_name", "model_config", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    return ckpt
+
+
+def model_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``model_config`` as ``create_model`` overrides: encoder weights come from the
+    state dict, so nothing is downloaded (``pretrained=False``)."""
+    out = copy.deepcopy(config)
+    out["pretrained"] = False
+    return out
+
+
+def build_model(ckpt: dict[str, Any], backend: str | None = None,
+                device: torch.device | str = "cpu") -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode on ``device``.
+
+    Args:
+        ckpt: from :func:`load_checkpoint`.
+        backend: scan backend to run on (None: the best available for ``device``; the backend of
+            training is not reused, it may not exist here, and every backend computes the same scan).
+        device: where to put it.
+    """
+    from . import create_model
+
+    overrides = model_overrides(ckpt["model_config"])
+    overrides["backend"] = backend
+    model = create_model(ckpt["model_name"], **overrides)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.to(device).eval()

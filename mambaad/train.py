@@ -1,0 +1,286 @@
+"""``mambaad train``: the authors' recipe, multi-class, one process or many (torchrun).
+
+Recipe (SPEC "Training and evaluation"): one shuffled loader over the normal training images of every
+chosen category; AdamW with lr 0.005 x (global batch) / 16, betas (0.9, 0.999), weight decay 1e-4 on
+tensors of >= 2 dims that are not biases (and not marked ``_no_weight_decay``, as the scan module
+marks its A_logs and Ds); the learning rate multiplied by 0.1 once, at 80 % of the steps; gradients
+clipped to norm 5; loss 5 x MSE summed over the three scales. bf16 autocast on CUDA when ``amp``.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its shard of each epoch
+(:class:`~torch.utils.data.DistributedSampler`, seeded) inside DistributedDataParallel: NCCL on
+CUDA, gloo on the CPU. Only rank 0 writes (checkpoint, log, progress bar); the logged loss is the
+mean over the ranks.
+
+Outputs in ``output``: ``last.pt`` (see :mod:`mambaad.checkpoint`; rewritten at every save, resumable
+mid-epoch) and ``train_log.json`` (the run's settings and, per step, loss, learning rate, images/s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, model_overrides, save_checkpoint
+from .data import build_train_set, resolve_categories
+from .runconfig import ConfigError, TrainConfig, to_dict
+
+BASE_LR = 0.005
+BASE_BATCH = 16
+TFLITE_ENCODER = "mobilenetv2_tflite"
+
+
+class _Skip(Sampler[int]):
+    """The indices of ``sampler`` after the first ``skip`` (to resume inside an epoch)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` without)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def select_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """``name`` as a device; None: CUDA (this process's GPU under torchrun) when there is one."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay for trainable tensors of >= 2 dims that are not biases or marked
+    ``_no_weight_decay``; none for the rest. Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim >= 2 and not name.endswith("bias") and not getattr(p, "_no_weight_decay", False):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, total: int, lr: float, step_at: float, gamma: float) -> float:
+    """The step schedule: ``lr`` before ``round(step_at * total)`` steps, ``lr * gamma`` from there."""
+    return lr if step < round(step_at * total) else lr * gamma
+
+
+def _build_model(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> nn.Module:
+    from . import create_model
+
+    if ckpt is not None:
+        if ckpt["model_name"] != cfg.model and cfg.model != TrainConfig.model:
+            raise ConfigError(f"--resume: the checkpoint holds {ckpt['model_name']!r}, not {cfg.model!r}")
+        overrides = model_overrides(ckpt["model_config"])
+        overrides["backend"] = cfg.backend
+        return create_model(ckpt["model_name"], **overrides)
+    overrides = {k: getattr(cfg, k) for k in ("encoder", "encoder_weights") if getattr(cfg, k) is not None}
+    overrides["backend"] = cfg.backend
+    if cfg.pretrained is not None:
+        overrides["pretrained"] = cfg.pretrained
+    return create_model(cfg.model, **overrides)
+
+
+def _resume_path(cfg: TrainConfig) -> str | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        path = os.path.join(cfg.output, "last.pt")
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(cfg.resume):
+        raise ConfigError(f"--resume: checkpoint not found: {cfg.resume}")
+    return cfg.resume
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig) -> str:
+    """Train a model as ``cfg`` says; returns the path of ``last.pt`` (on every rank).
+
+    Args:
+        cfg: the run configuration (see :class:`mambaad.runconfig.TrainConfig`).
+    """
+    cfg.check_required()
+    rank, world, local_rank = distributed_env()
+    device = select_device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    main = rank == 0
+    try:
+        return _train(cfg, rank, world, device, main)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: bool) -> str:
+    resume = _resume_path(cfg)
+    ckpt = load_checkpoint(resume) if resume else None
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = _build_model(cfg, ckpt)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    model.to(device)
+    if main and not getattr(model.config, "pretrained", True) and model.config.encoder != TFLITE_ENCODER:
+        _log(f"note: encoder {model.config.encoder!r} has random weights (pass --pretrained for ImageNet "
+             f"weights through timm; offline: --encoder {TFLITE_ENCODER})")
+
+    categories = resolve_categories(cfg.dataset, cfg.root, cfg.categories)
+    dataset = build_train_set(cfg.dataset, cfg.root, categories, cfg.image_size)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    shard = len(sampler)
+    drop_last = shard >= cfg.batch_size
+    steps_per_epoch = shard // cfg.batch_size if drop_last else 1
+    total = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
+    global_batch = cfg.batch_size * world
+    lr = cfg.lr if cfg.lr is not None else BASE_LR * global_batch / BASE_BATCH
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas)
+    step, epoch, epoch_step = 0, 0, 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, epoch, epoch_step = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["epoch_step"])
+    if ckpt is not None and world == 1 and ckpt.get("world_size") == 1 and "torch_rng" in ckpt:
+        torch.set_rng_state(ckpt["torch_rng"])  # one process: the run continues exactly
+    else:
+        torch.manual_seed(cfg.seed + 1000 * rank + step)  # drop-path draws differ per rank
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    from . import reconstruction_loss
+
+    log_path = os.path.join(cfg.output, "train_log.json")
+    last_path = os.path.join(cfg.output, "last.pt")
+    steps_log: list[dict[str, Any]] = []
+    if main:
+        os.makedirs(cfg.output, exist_ok=True)
+        if ckpt is not None and os.path.isfile(log_path):
+            with open(log_path) as f:
+                steps_log = [s for s in json.load(f).get("steps", []) if s["step"] <= step]
+        _log(f"training {model.model_name} on {len(dataset)} images of {len(categories)} "
+             f"categor{'ies' if len(categories) > 1 else 'y'} ({', '.join(categories)}); {total} steps "
+             f"of {global_batch} images "
+             f"({world} process{'es' if world > 1 else ''}, {device}), lr {lr:g}"
+             + (f"; resumed from {resume} at step {step}" if ckpt is not None else ""))
+
+    def save() -> None:
+        if not main:
+            return
+        save_checkpoint(last_path, {
+            "model_name": model.model_name, "model_config": _plain(model.config),
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "epoch": epoch, "epoch_step": epoch_step, "torch_rng": torch.get_rng_state(),
+            "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
+            "categories": categories, "world_size": world, "lr": lr, "total_steps": total})
+        _write_json(log_path, {"model": model.model_name, "world_size": world, "global_batch": global_batch,
+                               "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
+                               "categories": categories, "config": to_dict(cfg), "steps": steps_log})
+
+    amp = cfg.amp and device.type == "cuda"
+    bar = tqdm(total=total, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
+    ddp.train()
+    speed = None
+    saved_at = step if ckpt is not None else -1
+    while step < total:
+        sampler.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size,
+                            sampler=_Skip(sampler, epoch_step * cfg.batch_size), drop_last=drop_last,
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda")
+        tick = time.perf_counter()
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            current_lr = lr_at(step, total, lr, cfg.lr_step_at, cfg.lr_gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = current_lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                enc, dec = ddp(images)
+                loss = reconstruction_loss(enc, dec, cfg.loss_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+            optimizer.step()
+            value = loss.detach().float()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            value = float(value)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss is {value} at step {step + 1}; lower --lr or check "
+                                         "the data")
+            step += 1
+            epoch_step += 1
+            now = time.perf_counter()
+            ips = global_batch / max(now - tick, 1e-9)
+            tick = now
+            speed = ips if speed is None else 0.9 * speed + 0.1 * ips
+            steps_log.append({"step": step, "epoch": epoch, "loss": value, "lr": current_lr,
+                              "images_per_s": round(ips, 3)})
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{speed:.1f}", epoch=epoch)
+            if epoch_step >= steps_per_epoch:
+                epoch, epoch_step = epoch + 1, 0
+                if not cfg.save_every:
+                    save()
+                    saved_at = step
+            if cfg.save_every and step % cfg.save_every == 0:
+                save()
+                saved_at = step
+            if step >= total or epoch_step == 0:
+                break
+    bar.close()
+    if saved_at != step:
+        save()
+    if world > 1:
+        dist.barrier()  # rank 0 has written last.pt
+    if main:
+        last = steps_log[-1]["loss"] if steps_log else float("nan")
+        _log(f"done: {step} steps, last loss {last:.4f}; wrote {last_path} and {log_path}")
+    return last_path
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    """``asdict`` of a model config (kept as tuples: ``create_model`` takes it back whole)."""
+    return dataclasses.asdict(config)
