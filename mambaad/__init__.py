@@ -3,7 +3,7 @@
 Public API::
 
     import mambaad
-    model = mambaad.create_model("mambaad", pretrained=False, backend=None)
+    model = mambaad.create_model("mambaad", pretrained=False, backend=None)    # or "mmad" (MMAD)
     model.train(); enc, dec = model(images)                 # images (B, 3, H, W)
     loss = mambaad.reconstruction_loss(enc, dec)
     model.eval(); out = model(images)      # out.anomaly_map (B, 1, H, W), out.pred_score (B,)
@@ -13,13 +13,15 @@ Importing this package loads no TFLite code, data pipeline or CLI.
 """
 
 from .anomaly import AnomalyOutput, anomaly_map, gaussian_blur, reconstruction_loss
-from .bottleneck import HFPN
+from .bottleneck import HFPN, ScaleFusion
 from .config import MambaADConfig
 from .decoder import LSSModule, MambaDecoder, PatchExpand
+from .mmad import DMF
 from .model import MambaAD, checkpoint_filter_fn, load_pretrained
 from .registry import create_model, list_models, register_block, register_bottleneck, register_model
 
 __all__ = [
+    "DMF",
     "HFPN",
     "AnomalyOutput",
     "LSSModule",
@@ -27,6 +29,7 @@ __all__ = [
     "MambaADConfig",
     "MambaDecoder",
     "PatchExpand",
+    "ScaleFusion",
     "anomaly_map",
     "checkpoint_filter_fn",
     "create_model",

@@ -67,14 +67,17 @@ class MambaADConfig:
             ``"resnet34"``, or ``"mobilenetv2_tflite"``).
         encoder_weights: weights file for encoders that take one (the TFLite MobileNetV2), else None.
         pretrained: load the encoder's ImageNet weights through timm (needs network or cache).
-        bottleneck: registered bottleneck name (``"hfpn"``: the authors' MFF_OCE).
-        oce_blocks: ResNet Bottleneck blocks in the HFPN's one-class embedding.
-        block: registered decoder block name (``"hss"``: :class:`mambaad_kernels.modules.HSSBlock`).
+        bottleneck: registered bottleneck name (``"hfpn"``: the authors' MFF_OCE; ``"dmf"``:
+            MMAD's Dilated Mamba Fuser, :class:`mambaad.mmad.DMF`).
+        oce_blocks: ResNet Bottleneck blocks in the HFPN's one-class embedding (``"hfpn"`` only).
+        fuser_dilations: dilation rates of the DMF's parallel 3x3 convolutions (``"dmf"`` only).
+        block: registered decoder block name (``"hss"``: :class:`mambaad_kernels.modules.HSSBlock`;
+            ``"gss"``: MMAD's :class:`mambaad_kernels.modules.GSSBlock`).
         dims: decoder channels per stage, each half the previous (patch-expand halves them).
         depths: state-space blocks per stage.
         d_state: SSM state size N.
         scan_method: scan path (``"hilbert"``, ``"sweep"``, ``"scan"``, ``"zorder"``, ``"zigzag"``).
-        directions: scan directions K (1, 2, 4, 8).
+        directions: scan directions K (1, 2, 4, 8); for GSS blocks also the channel groups.
         drop_path_rate: largest stochastic-depth rate (see :func:`drop_path_schedule`).
         backend: scan backend for every block (None: the dispatcher's choice per call).
         blur_sigma: sigma of the Gaussian blur of the anomaly map (0: no blur).
@@ -88,6 +91,7 @@ class MambaADConfig:
     pretrained: bool = False
     bottleneck: str = "hfpn"
     oce_blocks: int = 3
+    fuser_dilations: tuple[int, ...] = (1, 2, 4)
     block: str = "hss"
     dims: tuple[int, ...] = (512, 256, 128, 64)
     depths: tuple[int, ...] = (3, 4, 6, 3)
@@ -115,6 +119,10 @@ class MambaADConfig:
         if self.d_state <= 0 or self.oce_blocks <= 0:
             raise ValueError(f"d_state and oce_blocks must be positive, got {self.d_state}, "
                              f"{self.oce_blocks}")
+        self.fuser_dilations = tuple(int(d) for d in self.fuser_dilations)
+        if not self.fuser_dilations or any(d <= 0 for d in self.fuser_dilations):
+            raise ValueError(f"fuser_dilations must be one or more positive rates, got "
+                             f"{self.fuser_dilations}")
         check_method(self.scan_method)
         check_directions(self.directions)
         if not 0.0 <= self.drop_path_rate < 1.0:
