@@ -16,30 +16,12 @@ from mambaad.bottleneck import HFPN
 from mambaad.decoder import LSSModule
 from mambaad_kernels.modules import SS2D, HSSBlock
 
+from .model_helpers import FAST_BACKEND, count_params as _count, one_thread, seeded_model  # noqa: F401
 from .parity import rel_err
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes on a shared 2-core machine: one intra-op thread avoids OpenMP stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _count(module: nn.Module, trainable: bool | None = None) -> int:
-    return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
-
-
-# the fused CPU kernels when the extension is built (faster), else the reference scan
-FAST_BACKEND = "cpu" if mk.backends.unavailable_reason("cpu", "cpu") is None else "reference"
-
-
 def _test_model(seed: int = 0, **overrides) -> mambaad.MambaAD:
-    torch.manual_seed(seed)
-    overrides.setdefault("backend", FAST_BACKEND)
-    return create_model("mambaad_test", **overrides)
+    return seeded_model("mambaad_test", seed, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------
