@@ -17,7 +17,7 @@ import torch
 
 import mambaad_kernels as mk
 from mambaad_kernels import cuda as ext
-from mambaad_kernels import fused, reference
+from mambaad_kernels import fused
 
 from . import kernel_contract
 from .parity import make_params, make_x, rel_err, run_case
