@@ -43,6 +43,10 @@ inline at::Tensor alloc_output(at::IntArrayRef shape, const at::TensorOptions& o
   return at::full(shape, -1, opts);
 }
 
+inline at::Tensor alloc_output(at::IntArrayRef shape, at::ScalarType dtype, const at::Device& device) {
+  return alloc_output(shape, at::TensorOptions().dtype(dtype).device(device));
+}
+
 namespace detail {
 
 inline void check_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& x,
@@ -86,10 +90,10 @@ inline ScanGeometry check_scan_args(const char* op, const at::Tensor& x, const a
                     grouped ? " (grouped: D = K * Dk)" : " (D = Dk)");
   TORCH_CHECK_VALUE(x_dbl.device() == x.device(), op, ": x_dbl is on ", x_dbl.device(),
                     " but x is on ", x.device());
-  // The contract: x_dbl in the compute dtype (float32; float64 for float64 x). x's own dtype is
-  // accepted too (as by the CUDA host code): the kernels convert x_dbl rows as they gather them.
-  TORCH_CHECK_TYPE(x_dbl.scalar_type() == compute_dtype(xt) || x_dbl.scalar_type() == xt, op,
-                   ": x_dbl must be ", compute_dtype(xt), " (or x's dtype) for ", xt, " x, got ",
+  // The contract: x_dbl in the compute dtype (float32; float64 for float64 x) whatever x's dtype;
+  // a half x_dbl is refused, since dt, B and C rounded to half would change the results.
+  TORCH_CHECK_TYPE(x_dbl.scalar_type() == compute_dtype(xt), op, ": x_dbl must be ", compute_dtype(xt),
+                   " (the compute dtype: float32, float64 for float64 x) for ", xt, " x, got ",
                    x_dbl.scalar_type());
   TORCH_CHECK_VALUE(x_dbl.sizes() == at::IntArrayRef({g.B, g.K, g.dbl_rows(), g.L}), op,
                     ": x_dbl has shape ", x_dbl.sizes(), ", expected (B, K, R + 2N, L) = (", g.B,

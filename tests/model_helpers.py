@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import mambaad_kernels as mk
-from mambaad import create_model
+from mambaad import create_model, reconstruction_loss
 
 # the fused CPU kernels when the extension is built (faster), else the reference scan
 FAST_BACKEND = "cpu" if mk.backends.unavailable_reason("cpu", "cpu") is None else "reference"
@@ -32,3 +32,22 @@ def seeded_model(name: str, seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
     overrides.setdefault("backend", FAST_BACKEND)
     return create_model(name, **overrides)
+
+
+def check_train_step(model: nn.Module) -> None:
+    """One training step of a test model (resnet18 encoder) on a (2, 3, 64, 64) batch: feature
+    shapes at strides 4, 8, 16, a frozen encoder, a finite loss, and a finite gradient on every
+    trainable parameter and none on the frozen ones."""
+    model.train()
+    enc, dec = model(torch.randn(2, 3, 64, 64))
+    shapes = [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]  # resnet18 at strides 4, 8, 16
+    assert [tuple(f.shape) for f in enc] == shapes and [tuple(f.shape) for f in dec] == shapes
+    assert not any(f.requires_grad for f in enc)
+    loss = reconstruction_loss(enc, dec)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        else:
+            assert p.grad is None, name

@@ -16,7 +16,8 @@ from mambaad.bottleneck import HFPN
 from mambaad.decoder import LSSModule
 from mambaad_kernels.modules import SS2D, HSSBlock
 
-from .model_helpers import FAST_BACKEND, count_params as _count, one_thread, seeded_model  # noqa: F401
+from .model_helpers import (FAST_BACKEND, check_train_step, count_params as _count,  # noqa: F401
+                            one_thread, seeded_model)
 from .parity import rel_err
 
 
@@ -92,21 +93,7 @@ def test_mambaad_test_forward_backward_64(backend):
     if reason:
         pytest.skip(f"{backend} backend unavailable: {reason}")
     model = _test_model(backend=backend)
-    model.train()
-    x = torch.randn(2, 3, 64, 64)
-    enc, dec = model(x)
-    shapes = [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]  # resnet18 at strides 4, 8, 16
-    assert [tuple(f.shape) for f in enc] == shapes
-    assert [tuple(f.shape) for f in dec] == shapes
-    assert not any(f.requires_grad for f in enc)
-    loss = reconstruction_loss(enc, dec)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        else:
-            assert p.grad is None, name
+    check_train_step(model)
     scan_grads = [m.A_logs.grad.abs().sum() for m in model.modules() if isinstance(m, SS2D)]
     assert len(scan_grads) == 4 and all(g > 0 for g in scan_grads)
 

@@ -109,7 +109,7 @@ at::Tensor gather_dbl(const at::Tensor& x_dbl, const at::Tensor& paths, const Cp
   const at::Tensor pc = paths.contiguous();
   const int32_t* pp = pc.data_ptr<int32_t>();
   const int64_t sb = x_dbl.stride(0), sk = x_dbl.stride(1), sc = x_dbl.stride(2), sl = x_dbl.stride(3);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_dbl.scalar_type(), "gather_dbl", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x_dbl.scalar_type(), "gather_dbl", [&] {  // float32 / float64
     const scalar_t* xp = x_dbl.data_ptr<scalar_t>();
     at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bk = begin; bk < end; ++bk) {

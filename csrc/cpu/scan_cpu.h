@@ -8,8 +8,8 @@
 
 namespace mambaad::cpu {
 
-// x (B, D, L) any strides; x_dbl (B, K, R + 2N, L) float32 (float64 for float64 x; x's dtype is
-// accepted too); dt_w (K, Dk, R); dt_b (K, Dk);
+// x (B, D, L) any strides; x_dbl (B, K, R + 2N, L) float32 (float64 for float64 x) whatever
+// x's dtype; dt_w (K, Dk, R); dt_b (K, Dk);
 // A_logs (K * Dk, N); Ds (K * Dk,); paths (K, L) int32. Returns out (B, D, L) contiguous in x's
 // dtype and states (B, K, Dk, ceil(L / kCpuStateChunk), N) float32 (float64 for float64 x).
 // Always deterministic (every sum has a fixed order); `deterministic` is accepted for the schema.

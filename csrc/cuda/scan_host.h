@@ -32,82 +32,21 @@ struct LaunchOptions {
   int config = -1;
 };
 
-// Argument checks with clear errors: ValueError for shapes and devices, TypeError for dtypes
-// (as the CPU kernels' csrc/common.h). x_dbl is in the compute dtype (float32, float64 for float64
-// x: the contract of mambaad_kernels/fused.py), whatever x's dtype: half x_dbl is refused, since
-// dt, B and C rounded to half would change the results.
-inline void check_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& x,
-                        at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(p.device() == x.device(), op, ": ", name, " is on ", p.device(), " but x is on ",
-                    x.device());
-  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == x.scalar_type(), op, ": ", name,
-                   " must be float32 or x's dtype (", x.scalar_type(), "), got ", p.scalar_type());
-  TORCH_CHECK_VALUE(p.sizes() == shape, op, ": ", name, " has shape ", p.sizes(), ", expected ", shape);
-}
-
+// Argument checks: csrc/common.h's (shared with the CPU kernels; x_dbl in the compute dtype), plus
+// what the CUDA kernels add: the device type, no empty input, and the grid and index limits.
 inline ScanGeometry check_args(const char* op, const at::Tensor& x, const at::Tensor& x_dbl,
                                const at::Tensor& dt_w, const at::Tensor& dt_b,
                                const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths,
                                bool grouped, at::DeviceType device_type) {
-  const auto xt = x.scalar_type();
-  TORCH_CHECK_TYPE(xt == at::kFloat || xt == at::kHalf || xt == at::kBFloat16 || xt == at::kDouble, op,
-                   ": x must be float32, float16, bfloat16 or float64, got ", xt);
   TORCH_CHECK_VALUE(x.device().type() == device_type, op, ": x must be on a ",
                     c10::DeviceTypeName(device_type), " device, got ", x.device());
-  TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be (B, D, L), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(dt_w.dim() == 3, op, ": dt_w must be (K, Dk, R), got shape ", dt_w.sizes());
-  TORCH_CHECK_VALUE(A_logs.dim() == 2, op, ": A_logs must be (K * Dk, N), got shape ", A_logs.sizes());
-  ScanGeometry g{};
-  g.B = x.size(0);
-  g.D = x.size(1);
-  g.L = x.size(2);
-  g.K = dt_w.size(0);
-  g.Dk = dt_w.size(1);
-  g.R = dt_w.size(2);
-  g.N = A_logs.size(1);
-  g.grouped = grouped;
+  const ScanGeometry g = check_scan_args(op, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, grouped);
   TORCH_CHECK_VALUE(g.B > 0 && g.D > 0 && g.L > 0, op, ": x has no elements, shape ", x.sizes());
-  TORCH_CHECK_VALUE(g.K > 0 && g.R > 0 && g.N > 0, op, ": K, R and N must be positive, got K = ", g.K,
-                    ", R = ", g.R, ", N = ", g.N);
-  TORCH_CHECK_VALUE(g.D == (grouped ? g.K * g.Dk : g.Dk), op, ": x has D = ", g.D,
-                    " channels but dt_w ", dt_w.sizes(), " gives Dk = ", g.Dk, " for K = ", g.K,
-                    grouped ? " (grouped: D = K * Dk)" : " (D = Dk)");
   TORCH_CHECK_VALUE(g.B <= 65535 && g.K <= 65535, op, ": B and K must be at most 65535, got B = ",
                     g.B, ", K = ", g.K);
   TORCH_CHECK_VALUE(g.L < (int64_t{1} << 30) && g.Dk < (int64_t{1} << 30) && g.dbl_rows() <= 4096,
                     op, ": L and D must be below 2^30 and R + 2N at most 4096");
-  TORCH_CHECK_VALUE(x_dbl.device() == x.device(), op, ": x_dbl is on ", x_dbl.device(),
-                    " but x is on ", x.device());
-  TORCH_CHECK_TYPE(x_dbl.scalar_type() == compute_dtype(xt), op, ": x_dbl must be ", compute_dtype(xt),
-                   " (the compute dtype: float32, float64 for float64 x) for ", xt, " x, got ",
-                   x_dbl.scalar_type());
-  TORCH_CHECK_VALUE(x_dbl.sizes() == at::IntArrayRef({g.B, g.K, g.dbl_rows(), g.L}), op,
-                    ": x_dbl has shape ", x_dbl.sizes(), ", expected (B, K, R + 2N, L) = (", g.B, ", ",
-                    g.K, ", ", g.dbl_rows(), ", ", g.L, ")");
-  check_param(op, "dt_w", dt_w, x, {g.K, g.Dk, g.R});
-  check_param(op, "dt_b", dt_b, x, {g.K, g.Dk});
-  check_param(op, "A_logs", A_logs, x, {g.K * g.Dk, g.N});
-  check_param(op, "Ds", Ds, x, {g.K * g.Dk});
-  TORCH_CHECK_VALUE(paths.device() == x.device(), op, ": paths is on ", paths.device(),
-                    " but x is on ", x.device());
-  TORCH_CHECK_TYPE(paths.scalar_type() == at::kInt, op, ": paths must be int32, got ",
-                   paths.scalar_type());
-  TORCH_CHECK_VALUE(paths.sizes() == at::IntArrayRef({g.K, g.L}), op, ": paths has shape ",
-                    paths.sizes(), ", expected (K, L) = (", g.K, ", ", g.L, ")");
   return g;
-}
-
-// MAMBAAD_POISON=1: fill every buffer a call allocates with NaN (read once per call).
-inline bool poison_requested() {
-  const char* v = std::getenv("MAMBAAD_POISON");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
-
-inline at::Tensor alloc(at::IntArrayRef shape, at::ScalarType dtype, const at::Device& device,
-                        bool poison) {
-  const auto opts = at::TensorOptions().dtype(dtype).device(device);
-  return poison ? at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts)
-                : at::empty(shape, opts);
 }
 
 // A tensor in the accumulation type, contiguous (no copy when it already is).
@@ -139,7 +78,7 @@ inline int sm_count(const at::Tensor& x) {
 
 // ---- forward -------------------------------------------------------------------------------------
 template <typename T, typename A, int NW, int LPC, int TI>
-bool try_fwd(FwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool poison) {
+bool try_fwd(FwdArgs<T, A> a, const at::Tensor& x, int64_t limit) {
   using Kn = FwdKernel<T, A, NW, LPC, TI>;
   static_assert(kStateChunk % TI == 0, "a checkpoint must start a lane's steps");
   const int64_t acc_bytes = static_cast<int64_t>(Kn::G) * a.L * static_cast<int64_t>(sizeof(A));
@@ -154,7 +93,7 @@ bool try_fwd(FwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool poison) {
   } else if (std::is_same_v<T, A>) {
     a.acc = reinterpret_cast<A*>(a.out);
   } else {
-    ws = alloc({a.B, a.D, a.L}, compute_dtype(x.scalar_type()), x.device(), poison);
+    ws = alloc_output({a.B, a.D, a.L}, compute_dtype(x.scalar_type()), x.device());
     a.acc = ws.template data_ptr<A>();
   }
   const int64_t gpd = (a.Dk + Kn::G - 1) / Kn::G;
@@ -169,21 +108,21 @@ bool try_fwd(FwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool poison) {
 // The configurations: lanes per channel LPC and steps per lane TI set the chunk LPC * TI; the main
 // ones have 16 warps; the fallback <4, 8, 8> needs the least shared memory.
 template <typename T, typename A>
-void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, bool poison, const LaunchOptions& opt) {
+void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, const LaunchOptions& opt) {
   const int64_t limit = smem_limit(x);
   bool done = false;
   if constexpr (!std::is_same_v<A, double>) {
     if (opt.config <= 0) {
       if (a.L <= 64) {
-        done = try_fwd<T, A, 16, 4, 16>(a, x, limit, poison);
+        done = try_fwd<T, A, 16, 4, 16>(a, x, limit);
       } else if (a.L <= 128) {
-        done = try_fwd<T, A, 16, 8, 16>(a, x, limit, poison);
+        done = try_fwd<T, A, 16, 8, 16>(a, x, limit);
       } else {
-        done = try_fwd<T, A, 16, 32, 8>(a, x, limit, poison);
+        done = try_fwd<T, A, 16, 32, 8>(a, x, limit);
       }
     }
   }
-  if (!done) done = try_fwd<T, A, 4, 8, 8>(a, x, limit, poison);
+  if (!done) done = try_fwd<T, A, 4, 8, 8>(a, x, limit);
   TORCH_CHECK(done, "mambaad::scan_fwd (cuda): R + 2N = ", a.R + 2 * a.N,
               " needs more shared memory than the device has (", limit, " bytes per block)");
 }
@@ -196,11 +135,10 @@ inline std::tuple<at::Tensor, at::Tensor> scan_fwd_impl(
   const char* op = "mambaad::scan_fwd (cuda)";
   const ScanGeometry g = check_args(op, x, x_dbl_in, dt_w, dt_b, A_logs, Ds, paths_in, grouped,
                                     device_type);
-  const bool poison = poison_requested();
   const auto dt = x.scalar_type(), acc = compute_dtype(dt);
   const int64_t ns = ScanGeometry::n_chunks(g.L, kStateChunk);
-  at::Tensor out = alloc({g.B, g.D, g.L}, dt, x.device(), poison);
-  at::Tensor states = alloc({g.B, g.K, g.Dk, ns, g.N}, acc, x.device(), poison);
+  at::Tensor out = alloc_output({g.B, g.D, g.L}, dt, x.device());
+  at::Tensor states = alloc_output({g.B, g.K, g.Dk, ns, g.N}, acc, x.device());
   const at::Tensor x_dbl = as_acc(x_dbl_in, acc), paths = paths_in.contiguous();
   const at::Tensor w = as_acc(dt_w, acc), bsv = as_acc(dt_b, acc), al = as_acc(A_logs, acc),
                    dsv = as_acc(Ds, acc);
@@ -230,7 +168,7 @@ inline std::tuple<at::Tensor, at::Tensor> scan_fwd_impl(
     a.NS = static_cast<int>(ns);
     a.grouped = grouped;
     a.x_channels_fast = x.stride(1) == 1 && g.D > 1;
-    run_fwd<T, A>(a, x, poison, opt);
+    run_fwd<T, A>(a, x, opt);
   });
   return {out, states};
 }
@@ -249,7 +187,7 @@ void add_sum(BwdWork<A>& w, const A* in, A* out, int64_t n, int64_t slices) {
 }
 
 template <typename T, typename A, int NW, int LPC, int TI>
-bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det, bool poison,
+bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det,
              at::Tensor& dx, at::Tensor& dx_dbl, BwdWork<A>& w) {
   using Kn = BwdKernel<T, A, NW, LPC, TI>;
   static_assert(Kn::CH == kStateChunk, "the backward chunk is the checkpoint interval");
@@ -266,7 +204,7 @@ bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det, bool
     a.dx = dx.data_ptr<A>();
   } else if (det) {
     a.dx_mode = kPartial;
-    w.dx_part = alloc({K, B, D, L}, acc, x.device(), poison);
+    w.dx_part = alloc_output({K, B, D, L}, acc, x.device());
     a.dx = w.dx_part.template data_ptr<A>();
     add_sum(w, a.dx, dx.data_ptr<A>(), B * D * L, K);
   } else {
@@ -281,7 +219,7 @@ bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det, bool
     a.dxdbl = dx_dbl.data_ptr<A>();
   } else if (det) {
     a.dxdbl_mode = kPartial;
-    w.dxdbl_part = alloc({ng, B, K, C2, L}, acc, x.device(), poison);
+    w.dxdbl_part = alloc_output({ng, B, K, C2, L}, acc, x.device());
     a.dxdbl = w.dxdbl_part.template data_ptr<A>();
     add_sum(w, a.dxdbl, dx_dbl.data_ptr<A>(), B * K * C2 * L, ng);
   } else {
@@ -295,15 +233,15 @@ bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det, bool
 }
 
 template <typename T, typename A>
-void run_bwd(const BwdArgs<T, A>& a, const at::Tensor& x, bool det, bool poison, at::Tensor& dx,
+void run_bwd(const BwdArgs<T, A>& a, const at::Tensor& x, bool det, at::Tensor& dx,
              at::Tensor& dx_dbl, BwdWork<A>& w, const LaunchOptions& opt) {
   const int64_t limit = smem_limit(x);
   bool done = false;
   if constexpr (std::is_same_v<A, double>) {
-    done = try_bwd<T, A, 4, 16, 8>(a, x, limit, det, poison, dx, dx_dbl, w);
+    done = try_bwd<T, A, 4, 16, 8>(a, x, limit, det, dx, dx_dbl, w);
   } else {
-    if (opt.config <= 0) done = try_bwd<T, A, 16, 8, 16>(a, x, limit, det, poison, dx, dx_dbl, w);
-    if (!done) done = try_bwd<T, A, 4, 8, 16>(a, x, limit, det, poison, dx, dx_dbl, w);
+    if (opt.config <= 0) done = try_bwd<T, A, 16, 8, 16>(a, x, limit, det, dx, dx_dbl, w);
+    if (!done) done = try_bwd<T, A, 4, 8, 16>(a, x, limit, det, dx, dx_dbl, w);
   }
   TORCH_CHECK(done, "mambaad::scan_bwd (cuda): R + 2N = ", a.R + 2 * a.N,
               " needs more shared memory than the device has (", limit, " bytes per block)");
@@ -321,16 +259,15 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
   const auto dt = x.scalar_type(), acc = compute_dtype(dt);
   const int64_t C2 = g.dbl_rows();
   const at::Tensor x_dbl = as_acc(x_dbl_in, acc), paths = paths_in.contiguous();
-  const bool poison = poison_requested();
   const auto dev = x.device();
-  at::Tensor dx = alloc({g.B, g.D, g.L}, acc, dev, poison);
-  at::Tensor dx_dbl = alloc({g.B, g.K, C2, g.L}, acc, dev, poison);
+  at::Tensor dx = alloc_output({g.B, g.D, g.L}, acc, dev);
+  at::Tensor dx_dbl = alloc_output({g.B, g.K, C2, g.L}, acc, dev);
   const int64_t kd = g.K * g.Dk;
-  at::Tensor pbuf = alloc({g.B * kd * (g.R + g.N + 2)}, acc, dev, poison);  // per-batch slices
-  at::Tensor d_dt_w = alloc({g.K, g.Dk, g.R}, acc, dev, poison);
-  at::Tensor d_dt_b = alloc({g.K, g.Dk}, acc, dev, poison);
-  at::Tensor d_A = alloc({kd, g.N}, acc, dev, poison);
-  at::Tensor d_D = alloc({kd}, acc, dev, poison);
+  at::Tensor pbuf = alloc_output({g.B * kd * (g.R + g.N + 2)}, acc, dev);  // per-batch slices
+  at::Tensor d_dt_w = alloc_output({g.K, g.Dk, g.R}, acc, dev);
+  at::Tensor d_dt_b = alloc_output({g.K, g.Dk}, acc, dev);
+  at::Tensor d_A = alloc_output({kd, g.N}, acc, dev);
+  at::Tensor d_D = alloc_output({kd}, acc, dev);
   const at::Tensor w = as_acc(dt_w, acc), bsv = as_acc(dt_b, acc), al = as_acc(A_logs, acc),
                    dsv = as_acc(Ds, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "mambaad_scan_bwd_cuda", [&] {
@@ -368,7 +305,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
     a.grouped = grouped;
     a.g_channels_fast = dout.stride(1) == 1 && g.D > 1;
     BwdWork<A> work;
-    run_bwd<T, A>(a, x, deterministic, poison, dx, dx_dbl, work, opt);
+    run_bwd<T, A>(a, x, deterministic, dx, dx_dbl, work, opt);
     // parameter gradients: sum the per-batch slices (always in batch order)
     add_sum(work, a.p_dtw, d_dt_w.data_ptr<A>(), kd * g.R, g.B);
     add_sum(work, a.p_dA, d_A.data_ptr<A>(), kd * g.N, g.B);
