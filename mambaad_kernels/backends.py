@@ -61,7 +61,10 @@ def _triton_reason(device_type: str) -> str | None:
     return f"Triton does not run on {device_type} tensors"
 
 
+@functools.lru_cache(maxsize=None)
 def _extension_reason(device_type: str, backend: str) -> str | None:
+    # cached: whether the extension loaded, which kernels it registered and whether a CUDA device
+    # exists are fixed for the life of the process, and this check ran on every call (~25 us)
     if device_type != backend:
         return f"the {backend!r} backend runs on {backend} tensors, not {device_type} tensors"
     from . import cuda as ext  # the guarded loader; importing it never raises
@@ -116,6 +119,7 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     return backend
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_module(backend: str) -> ModuleType:
     """The module that implements a fused backend's ``scan_fwd`` / ``scan_bwd`` / ``states_shape``."""
     return importlib.import_module(_KERNEL_MODULES[backend])

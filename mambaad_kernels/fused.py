@@ -1,7 +1,11 @@
 """The fused HSS scan as one torch op, ``mambaad::hss_scan``, shared by every fused backend.
 
 This file is the one place where the op, its fake (meta) implementation and its autograd are
-registered. A fused backend is a module (``mambaad_kernels.triton``, ``mambaad_kernels.cuda``)
+registered. In plain eager mode :func:`scan` (what :func:`mambaad_kernels.hss_scan` calls) runs
+the op's eager twin, an autograd.Function over the same forward and backward functions, which
+skips the custom-op dispatch; under torch.compile, modes or tensor subclasses it calls the op.
+The op ignores an enclosing ``torch.autocast``: inputs keep their dtypes and the state is fp32.
+A fused backend is a module (``mambaad_kernels.triton``, ``mambaad_kernels.cuda``)
 with three functions, the *kernel contract*:
 
 ``scan_fwd(x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, grouped, deterministic) -> (out, states)``
@@ -31,6 +35,7 @@ gradients (after it), the dtype casts of the gradients, and the shape bookkeepin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -61,7 +66,8 @@ def project(x3: Tensor, x_proj_weight: Tensor, grouped: bool) -> Tensor:
 
     The result is float32 (float64 for float64 x). Half x on CUDA: a half GEMM with fp32 output
     (tensor cores, no fp32 copy of x) where torch has it; elsewhere the GEMM runs in the result
-    dtype on an upcast copy of x.
+    dtype on an upcast copy of x. An enclosing ``torch.autocast`` must not change this (the
+    kernels need x_dbl in the compute dtype): the callers run it under :func:`_autocast_off`.
     """
     b, d, l = x3.shape
     k, c, dk = x_proj_weight.shape
@@ -81,6 +87,56 @@ def project(x3: Tensor, x_proj_weight: Tensor, grouped: bool) -> Tensor:
     return out.reshape(b, k, c, l).contiguous()
 
 
+def _autocast_off(device: torch.device):
+    """A context that turns an enabled ``torch.autocast`` off for ``device``'s type (else a no-op).
+
+    The op keeps its inputs' dtypes and computes in fp32 (fp64) whatever autocast says: the
+    kernels need x_dbl in the compute dtype, and the GEMMs around them choose their own precision.
+    """
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _forward(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
+             A_logs: Tensor, Ds: Tensor, paths: Tensor, backend: str, grouped: bool,
+             deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward of both entry points: ``(out (B, D, H, W), x_dbl, states)``."""
+    b, d, h, w = x.shape
+    x3 = _flat(x)
+    with _autocast_off(x.device):
+        x_dbl = project(x3, x_proj_weight, grouped)
+        out, states = kernel_module(backend).scan_fwd(
+            x3, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, grouped, deterministic)
+    return out.view(b, d, h, w), x_dbl, states
+
+
+def _backward(dout: Tensor, x: Tensor, x_dbl: Tensor, states: Tensor, x_proj_weight: Tensor,
+              dt_projs_weight: Tensor, dt_projs_bias: Tensor, A_logs: Tensor, Ds: Tensor,
+              paths: Tensor, backend: str, grouped: bool,
+              deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backward of both entry points: gradients of x and the five parameters."""
+    b, d, h, w = x.shape
+    x3 = _flat(x)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # gradient arithmetic
+    with _autocast_off(x.device):
+        dx_u, dx_dbl, d_dt_w, d_dt_b, d_A, d_D = kernel_module(backend).scan_bwd(
+            _flat(dout), x3, x_dbl, states, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths,
+            grouped, deterministic)
+        dx_dbl, wf, xf = dx_dbl.to(ct), x_proj_weight.to(ct), x3.to(ct)  # wf (k, c, dk)
+        if grouped:
+            k = wf.shape[0]
+            xg = xf.reshape(b, k, d // k, h * w)  # (b, k, dk, l)
+            d_xpw = torch.einsum("bkcl,bkjl->kcj", dx_dbl, xg)
+            dx_proj = torch.einsum("bkcl,kcj->bkjl", dx_dbl, wf).reshape(b, d, h * w)
+        else:
+            d_xpw = torch.einsum("bkcl,bdl->kcd", dx_dbl, xf)
+            dx_proj = torch.einsum("bkcl,kcd->bdl", dx_dbl, wf)
+        dx = (dx_u.to(ct) + dx_proj).to(x.dtype).view(b, d, h, w)
+    return (dx, d_xpw.to(x_proj_weight.dtype), d_dt_w.to(dt_projs_weight.dtype),
+            d_dt_b.to(dt_projs_bias.dtype), d_A.to(A_logs.dtype), d_D.to(Ds.dtype))
+
+
 def _check_backend(backend: str) -> None:
     if backend not in _FUSED:
         raise ValueError(f"mambaad::hss_scan runs fused backends {_FUSED}, got {backend!r}")
@@ -97,12 +153,8 @@ def hss_scan_op(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_pr
     for float64 inputs).
     """
     _check_backend(backend)
-    b, d, h, w = x.shape
-    x3 = _flat(x)
-    x_dbl = project(x3, x_proj_weight, grouped)
-    out, states = kernel_module(backend).scan_fwd(
-        x3, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, grouped, deterministic)
-    return out.view(b, d, h, w), x_dbl, states
+    return _forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, backend,
+                    grouped, deterministic)
 
 
 @hss_scan_op.register_fake
@@ -123,24 +175,8 @@ def hss_scan_backward_op(dout: Tensor, x: Tensor, x_dbl: Tensor, states: Tensor,
                          deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`hss_scan_op`'s ``out`` for x and the five parameters."""
     _check_backend(backend)
-    b, d, h, w = x.shape
-    x3 = _flat(x)
-    dx_u, dx_dbl, d_dt_w, d_dt_b, d_A, d_D = kernel_module(backend).scan_bwd(
-        _flat(dout), x3, x_dbl, states, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, grouped,
-        deterministic)
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # gradient arithmetic
-    dx_dbl, wf, xf = dx_dbl.to(ct), x_proj_weight.to(ct), x3.to(ct)  # wf (k, c, dk)
-    if grouped:
-        k = wf.shape[0]
-        xg = xf.reshape(b, k, d // k, h * w)  # (b, k, dk, l)
-        d_xpw = torch.einsum("bkcl,bkjl->kcj", dx_dbl, xg)
-        dx_proj = torch.einsum("bkcl,kcj->bkjl", dx_dbl, wf).reshape(b, d, h * w)
-    else:
-        d_xpw = torch.einsum("bkcl,bdl->kcd", dx_dbl, xf)
-        dx_proj = torch.einsum("bkcl,kcd->bdl", dx_dbl, wf)
-    dx = (dx_u.to(ct) + dx_proj).to(x.dtype).view(b, d, h, w)
-    return (dx, d_xpw.to(x_proj_weight.dtype), d_dt_w.to(dt_projs_weight.dtype),
-            d_dt_b.to(dt_projs_bias.dtype), d_A.to(A_logs.dtype), d_D.to(Ds.dtype))
+    return _backward(dout, x, x_dbl, states, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                     paths, backend, grouped, deterministic)
 
 
 @hss_scan_backward_op.register_fake
@@ -157,11 +193,63 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (backend, grouped, deterministic)
 
 
-def _backward(ctx, dout, _dx_dbl, _dstates):
+def _op_backward(ctx, dout, _dx_dbl, _dstates):
     x, x_dbl, states, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths = ctx.saved_tensors
     grads = hss_scan_backward_op(dout, x, x_dbl, states, x_proj_weight, dt_w, dt_b,
                                  A_logs, Ds, paths, *ctx.config)
     return (*grads, None, None, None, None)
 
 
-hss_scan_op.register_autograd(_backward, setup_context=_setup_context)
+hss_scan_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _EagerScan(torch.autograd.Function):
+    """The eager-mode twin of ``mambaad::hss_scan``: the same :func:`_forward` and :func:`_backward`,
+    called without the custom-op dispatch, which costs about 0.1 ms of Python per call (measured
+    in BENCHMARKS.md, "Host overhead"): on a GPU that is longer than the whole forward kernel at
+    MambaAD's small stages. :func:`scan` takes it only where nothing needs the op itself (no
+    torch.compile tracing, no dispatch or function modes, no tensor subclasses or functorch
+    wrappers): then both give bit-identical results (autocast included: both run the GEMMs with
+    it off).
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths, backend, grouped,
+                deterministic):
+        out, x_dbl, states = _forward(x, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths, backend,
+                                      grouped, deterministic)
+        ctx.save_for_backward(x, x_dbl, states, x_proj_weight, dt_w, dt_b, A_logs, Ds, paths)
+        ctx.config = (backend, grouped, deterministic)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        return (*_backward(dout, *ctx.saved_tensors, *ctx.config), None, None, None, None)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(tensors: tuple[Tensor, ...]) -> bool:
+    """Whether a call may skip the custom-op dispatch (see :class:`_EagerScan`)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() \
+            or torch._C._len_torch_function_stack():
+        return False
+    for t in tensors:
+        if type(t) not in _PLAIN or torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return False
+    return True
+
+
+def scan(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
+         A_logs: Tensor, Ds: Tensor, paths: Tensor, backend: str, grouped: bool,
+         deterministic: bool) -> Tensor:
+    """The fused scan's ``out`` ``(B, D, H, W)``, differentiable: through :class:`_EagerScan` in
+    plain eager mode, else through the registered op ``mambaad::hss_scan`` (what torch.compile
+    traces as one node). Arguments as for :func:`hss_scan_op`; checked by the caller.
+    """
+    args = (x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths)
+    if _plain_eager(args):
+        return _EagerScan.apply(*args, backend, grouped, deterministic)
+    return hss_scan_op(*args, backend, grouped, deterministic)[0]

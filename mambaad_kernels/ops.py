@@ -105,11 +105,10 @@ def hss_scan(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs
                         f"(it supports {', '.join(map(str, supported))})")
     _, _, h, w = x.shape
     paths = scan_paths(h, w, method, directions, x.device, dtype=torch.int32)
-    from .fused import hss_scan_op  # registers mambaad::hss_scan on first use
+    from .fused import scan  # registers mambaad::hss_scan on first use
 
-    out, _, _ = hss_scan_op(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths,
-                            name, grouped, deterministic)
-    return out
+    return scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, name, grouped,
+                deterministic)
 
 
 def dt_rank_for(d_model: int) -> int:

@@ -327,3 +327,20 @@ def test_cuda_part_has_sm90(C):
     res = subprocess.run([tool, "--list-elf", C.__file__], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "sm_90" in res.stdout, res.stdout
+
+
+def test_public_op_under_autocast(C):
+    """AMP training: under torch.autocast the fused op still gets fp32 x_dbl and computes in fp32,
+    so the result is the one without autocast (it used to fail the kernel's x_dbl dtype check)."""
+    gen = torch.Generator().manual_seed(31)
+    x = make_x(1, 8, 4, 5, "cpu", torch.float32, generator=gen).requires_grad_()
+    params = [p.requires_grad_() for p in make_params(8, 4, 2, 8, False, "cpu", torch.float32, gen)]
+    want = mk.hss_scan(x, *params, backend="cpu")
+    want_grads = torch.autograd.grad(want.square().sum(), (x, *params))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mk.hss_scan(x, *params, backend="cpu")
+        assert got.dtype == torch.float32
+        got_grads = torch.autograd.grad(got.square().sum(), (x, *params))
+    assert torch.equal(got, want)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.equal(a, b)

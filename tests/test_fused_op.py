@@ -74,3 +74,74 @@ def test_torch_compile_one_node(contract):
     want = torch.autograd.grad(f(x, *params), params)
     for a, b in zip(grads, want):
         torch.testing.assert_close(a, b)
+
+
+def _run_scan(x, params, paths, grouped, dout, eager, monkeypatch):
+    """fused.scan on fresh leaves, forced through the eager twin or the registered op."""
+    monkeypatch.setattr(fused, "_plain_eager", lambda tensors: eager)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, *params)]
+    out = fused.scan(*leaves, paths, "cpu", grouped, True)
+    assert (type(out.grad_fn).__name__ == "_EagerScanBackward") == eager
+    (out * dout).sum().backward()
+    return out.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_eager_twin_matches_the_op_bitwise(contract, monkeypatch, grouped):
+    x, params, paths = _inputs(grouped, dtype=torch.float32, seed=21)
+    dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(22))
+    out_op, grads_op = _run_scan(x, params, paths, grouped, dout, False, monkeypatch)
+    out_tw, grads_tw = _run_scan(x, params, paths, grouped, dout, True, monkeypatch)
+    assert torch.equal(out_op, out_tw)
+    for a, b in zip(grads_op, grads_tw):
+        assert a is not None and torch.equal(a, b)
+
+
+def test_plain_eager_only_for_plain_tensors():
+    x = torch.randn(2, 3)
+    assert fused._plain_eager((x, torch.nn.Parameter(torch.randn(2))))
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert not fused._plain_eager((x,))
+    with torch.device("cpu"):  # a torch function mode
+        assert not fused._plain_eager((x,))
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not fused._plain_eager((x.as_subclass(Sub),))
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_autocast_does_not_reach_the_op(contract, monkeypatch, eager):
+    """Under torch.autocast (AMP training) the op keeps x's dtype and computes in fp32: the same
+    bits as without autocast, forward and gradients (x_dbl must stay fp32 for the kernels)."""
+    x, params, paths = _inputs(False, dtype=torch.float32, seed=23)
+    dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(24))
+    want, want_grads = _run_scan(x, params, paths, False, dout, eager, monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_grads = _run_scan(x, params, paths, False, dout, eager, monkeypatch)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.equal(a, b)
+
+
+def test_compile_traces_the_op_not_the_twin(contract):
+    x, params, paths = _inputs(False, dtype=torch.float32, seed=25)
+    targets = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    def f(x, *ps):
+        return fused.scan(x, *ps, paths, "cpu", False, True).square().sum()
+
+    got = torch.compile(f, backend=record, fullgraph=True)(x, *params)
+    assert any("mambaad.hss_scan" in t for t in targets), targets
+    torch.testing.assert_close(got, f(x, *params))
