@@ -18,12 +18,15 @@
 #   GPU_CHECK_BENCH         0: skip the benchmark
 #   GPU_CHECK_PROFILE       1: also run Nsight Compute (ncu) on the scan kernels at one stage
 #   GPU_CHECK_PROFILE_STAGE the MambaAD decoder stage to profile, 0 .. 3 (default 3: 64 x 64)
+#   GPU_CHECK_WHERE         0: skip the where-the-time-goes steps after the benchmark (kernel_time.py:
+#                           device vs wall time per call and the longest kernels; host_overhead.py:
+#                           the host's time per call by entry point)
 # If a mamba-ssm source distribution is in .carry/ (mamba_ssm-*.tar.gz) and
 # benchmarks/build_mamba_ssm.sh exists, mamba-ssm's selective-scan extension is built in the
 # background at the same time, for the authors'-path baseline of the benchmark.
 # Outputs: env.txt, build.log, kernels.txt (registers / spills per kernel), tests.log,
 # junit.xml, mamba_ssm_build.log, scan_bench.log, scan_bench.json, profile.log (if asked),
-# summary.txt. Exit status: the build's if it failed, else the tests'.
+# kernel_time.log / .json, host_overhead.log / .json, summary.txt. Exit status: the build's if it failed, else the tests'.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -203,7 +206,7 @@ fi
 if [[ "${GPU_CHECK_BENCH:-1}" == "0" ]]; then
     printf '%-14s skipped (GPU_CHECK_BENCH=0)\n' "scan_bench" >> "$SUMMARY"
 elif [[ -f "$ROOT/benchmarks/scan_bench.py" ]]; then
-    BUDGET=$(( ($(left) - 60) / 12 ))  # 4 shapes x 2 modes, with warm-ups
+    BUDGET=$(( ($(left) - 150) / 12 ))  # 4 shapes x 2 modes, with warm-ups; 90 s for step 5b
     ((BUDGET > 10)) && BUDGET=10
     ((BUDGET < 2)) && BUDGET=2
     step scan_bench 300 "$OUT/scan_bench.log" "$PY" benchmarks/scan_bench.py --json "$OUT/scan_bench.json" \
@@ -211,6 +214,13 @@ elif [[ -f "$ROOT/benchmarks/scan_bench.py" ]]; then
 else
     echo "[gpu_check] benchmarks/scan_bench.py does not exist yet: no benchmark" | tee "$OUT/scan_bench.log"
     printf '%-14s skipped (no benchmarks/scan_bench.py)\n' "scan_bench" >> "$SUMMARY"
+fi
+
+# ---- 5b. where the time goes: GPU time vs wall time per call, and the host's share ------------------
+if [[ "${GPU_CHECK_WHERE:-1}" == "1" ]]; then
+    step kernel_time 120 "$OUT/kernel_time.log" "$PY" benchmarks/kernel_time.py --json "$OUT/kernel_time.json"
+    step host_overhead 60 "$OUT/host_overhead.log" "$PY" benchmarks/host_overhead.py --device cuda \
+        --rounds 9 --calls 100 --json "$OUT/host_overhead.json"
 fi
 
 # ---- 6. summary ----------------------------------------------------------------------------------------
@@ -225,6 +235,9 @@ fi
     grep -E "^(FAILED|ERROR)" "$OUT/tests.log" 2>/dev/null | head -n 20
     echo "--- benchmark:"
     tail -n 25 "$OUT/scan_bench.log" 2>/dev/null
+    echo "--- where the time goes:"
+    grep -v "^\[gpu_check\]" "$OUT/kernel_time.log" 2>/dev/null
+    grep -v "^\[gpu_check\]" "$OUT/host_overhead.log" 2>/dev/null
 } | tee -a "$OUT/summary_full.txt"
 # exit status: the build's if it failed, else the tests' (the benchmark's is in the summary)
 ((BUILD_RC != 0)) && exit "$BUILD_RC"

@@ -271,3 +271,30 @@ def test_interleaved_records_a_slow_first_call():
                                    min_rounds=3, budget_s=0.0, slow_call_ms=50.0)
     # slow: its first call is sample 1, no warm-up, rounds 1 and 2 add two; fast: 2 warm-ups, 3 x 10
     assert counts == {"slow": 2, "fast": 2 + 30} and len(times["slow"]) == 3 and times["slow"][0] == 100.0
+
+
+def test_host_overhead_script(tmp_path):
+    """host_overhead.py times the three entry points forward and forward + backward on the cpu
+    backend and writes them (a positive time each; the eager twin is checked against the op in
+    test_fused_op.py)."""
+    import host_overhead
+    from mambaad_kernels.backends import unavailable_reason
+
+    reason = unavailable_reason("cpu", "cpu")
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "host.json"
+    doc = host_overhead.main(["--rounds", "2", "--calls", "3", "--json", str(out)])
+    assert doc["backend"] == "cpu" and json.loads(out.read_text()) == doc
+    for mode in ("fwd", "fwdbwd"):
+        assert set(doc["us_per_call"][mode]) == {"hss_scan", "via_op", "kernels"}
+        assert all(t > 0 for t in doc["us_per_call"][mode].values())
+    assert host_overhead.fused._plain_eager is host_overhead.plain_eager  # restored after via_op
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_kernel_time_needs_a_gpu():
+    import kernel_time
+
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        kernel_time.main([])
