@@ -298,3 +298,26 @@ def test_kernel_time_needs_a_gpu():
 
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         kernel_time.main([])
+
+
+def test_ptx_census_covers_every_fp32_configuration():
+    """ptx_census.py finds one state loop per fp32 kernel configuration that launch.h instantiates,
+    with TI exponentials (+1 for the lane's decay product) and a plausible instruction count."""
+    import re
+    import shutil
+
+    import ptx_census
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc")
+    launch = (ptx_census.REPO / "csrc" / "cuda" / "launch.h").read_text()
+    want = set()
+    for kind in ("fwd", "bwd"):
+        macro = re.search(rf"#define MAMBAAD_{kind.upper()}_CONFIGS_F32\(X, T\)(.*?)\n(?!\s)", launch, re.S)
+        want |= {(kind, tuple(map(int, m))) for m in re.findall(r"X\(T, float, (\d+), (\d+), (\d+)\)",
+                                                               macro.group(1))}
+    rows = ptx_census.main([])
+    assert {(r["kernel"], tuple(r["config"])) for r in rows} == want
+    for r in rows:
+        ti = r["config"][2]
+        assert r["ex2"] >= ti and 5 < r["per_step"] < 100, r
