@@ -146,11 +146,13 @@ def test_emulated_kernels_match_contract(emu, monkeypatch, case):
     emu_case(emu, monkeypatch, **case)
 
 
-@pytest.mark.parametrize("config", [1, 0])
-def test_emulated_thread_order_does_not_matter(emu, monkeypatch, config):
+@pytest.mark.parametrize("config,h,w", [(1, 13, 11), (0, 13, 11), (0, 7, 9)],
+                         ids=["fallback", "main", "main-L63"])
+def test_emulated_thread_order_does_not_matter(emu, monkeypatch, config, h, w):
     """Threads run forward, reversed and shuffled between barriers: bit-identical results, so no
-    thread reads shared data another writes without a barrier in between."""
-    case = dict(b=1, d=9, h=13, w=11, n=4, r=2, k=4, config=config, layout="channels_last")
+    thread reads shared data another writes without a barrier in between. (L <= 64 has its own
+    backward configuration, a 64-step chunk.)"""
+    case = dict(b=1, d=9, h=h, w=w, n=4, r=2, k=4, config=config, layout="channels_last")
     runs = [emu_case(emu, monkeypatch, **case, order=o, seed=3) for o in (0, 1, 2)]
     for other in runs[1:]:
         for a, b in zip([runs[0][0], runs[0][1], *runs[0][2]], [other[0], other[1], *other[2]]):

@@ -21,7 +21,8 @@ struct Grid {
 #define MAMBAAD_FWD_CONFIGS_F32(X, T) \
   X(T, float, 16, 4, 16) X(T, float, 16, 8, 16) X(T, float, 16, 32, 8) X(T, float, 4, 8, 8)
 #define MAMBAAD_FWD_CONFIGS_F64(X, T) X(T, double, 4, 8, 8)
-#define MAMBAAD_BWD_CONFIGS_F32(X, T) X(T, float, 16, 8, 16) X(T, float, 4, 8, 16)
+#define MAMBAAD_BWD_CONFIGS_F32(X, T) \
+  X(T, float, 16, 8, 16) X(T, float, 16, 8, 8) X(T, float, 4, 8, 16)
 #define MAMBAAD_BWD_CONFIGS_F64(X, T) X(T, double, 4, 16, 8)
 
 template <typename T, typename A, int NW, int LPC, int TI>

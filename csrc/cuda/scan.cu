@@ -61,7 +61,9 @@
 //    At B = 16 and MambaAD's stages that is 128, 512, 256, 128 blocks of 512 threads (one per SM,
 //    16 warps, 65536 .. 131072 lanes in flight).
 // 5. Backward mapping. A block owns (b, k, a group of G = 64 channels) (<16, 8, 16>: CH = 128 =
-//    the checkpoint interval) and walks the chunks from last to first. Per chunk it recomputes the
+//    the checkpoint interval; for L <= 64, <16, 8, 8>: one 64-step chunk, so no lane walks masked
+//    steps, and 124 registers without the spills of the 128-step one) and walks the chunks from
+//    last to first. Per chunk it recomputes the
 //    forward states from the chunk's checkpoint (scan 1 above), then the reverse recurrence
 //    dh_t = g_t C_t + a_{t+1} dh_{t+1} with the same segment scheme run right to left (a lane maps
 //    the value entering from its right, a dh of the next step, to its own outgoing one; the

@@ -190,7 +190,10 @@ template <typename T, typename A, int NW, int LPC, int TI>
 bool try_bwd(BwdArgs<T, A> a, const at::Tensor& x, int64_t limit, bool det,
              at::Tensor& dx, at::Tensor& dx_dbl, BwdWork<A>& w) {
   using Kn = BwdKernel<T, A, NW, LPC, TI>;
-  static_assert(Kn::CH == kStateChunk, "the backward chunk is the checkpoint interval");
+  // A chunk starts from the checkpoint of its index: the chunk is the checkpoint interval, or a
+  // shorter chunk holds the whole sequence (one chunk, from the checkpoint at t = 0).
+  static_assert(Kn::CH <= kStateChunk && kStateChunk % Kn::CH == 0, "chunk vs checkpoint interval");
+  if (Kn::CH != kStateChunk && a.L > Kn::CH) return false;
   const int64_t smem = bwd_smem_bytes<A, NW, LPC, TI>(a.R, a.N);
   if (smem > limit) return false;
   const auto acc = std::is_same_v<A, double> ? at::kDouble : at::kFloat;
@@ -240,7 +243,11 @@ void run_bwd(const BwdArgs<T, A>& a, const at::Tensor& x, bool det, at::Tensor& 
   if constexpr (std::is_same_v<A, double>) {
     done = try_bwd<T, A, 4, 16, 8>(a, x, limit, det, dx, dx_dbl, w);
   } else {
-    if (opt.config <= 0) done = try_bwd<T, A, 16, 8, 16>(a, x, limit, det, dx, dx_dbl, w);
+    if (opt.config <= 0) {
+      // L <= 64 (MambaAD's 8 x 8 stage): a 64-step chunk, so no lane scans masked steps
+      if (a.L <= 64) done = try_bwd<T, A, 16, 8, 8>(a, x, limit, det, dx, dx_dbl, w);
+      if (!done) done = try_bwd<T, A, 16, 8, 16>(a, x, limit, det, dx, dx_dbl, w);
+    }
     if (!done) done = try_bwd<T, A, 4, 8, 16>(a, x, limit, det, dx, dx_dbl, w);
   }
   TORCH_CHECK(done, "mambaad::scan_bwd (cuda): R + 2N = ", a.R + 2 * a.N,
