@@ -128,6 +128,10 @@ EMU_CASES = [
     ("main-L323-d70", dict(b=1, d=70, h=17, w=19, n=4, r=2, k=2, config=0)),
     ("main-d130-r9", dict(b=1, d=130, h=8, w=8, n=16, r=9, k=2, config=0)),
     ("main-gss-bf16", dict(b=2, d=16, h=12, w=12, n=4, r=2, k=8, dtype=BF16, grouped=True, config=0)),
+    # L > 128 with enough blocks for the emulator's 4 SMs: 16 lanes x 16 steps per channel, the
+    # accumulator in shared memory, then (G L > 64 KB) in out itself
+    ("main-lanes16-L323", dict(b=4, d=6, h=17, w=19, n=4, r=2, k=4, config=0)),
+    ("main-lanes16-global-acc-L529", dict(b=4, d=3, h=23, w=23, n=16, r=2, k=2, config=0)),
     # half x with float32 parameters and x_dbl (the contract: x_dbl is float32 for half x)
     ("f16", dict(b=2, d=4, h=5, w=6, n=4, r=2, k=8, dtype=F16, config=1)),
     ("main-k1-f16-L200", dict(b=1, d=5, h=10, w=20, n=4, r=2, k=1, dtype=F16, config=0)),
@@ -146,13 +150,13 @@ def test_emulated_kernels_match_contract(emu, monkeypatch, case):
     emu_case(emu, monkeypatch, **case)
 
 
-@pytest.mark.parametrize("config,h,w", [(1, 13, 11), (0, 13, 11), (0, 7, 9)],
-                         ids=["fallback", "main", "main-L63"])
-def test_emulated_thread_order_does_not_matter(emu, monkeypatch, config, h, w):
+@pytest.mark.parametrize("config,b,h,w", [(1, 1, 13, 11), (0, 1, 13, 11), (0, 1, 7, 9), (0, 4, 13, 11)],
+                         ids=["fallback", "main", "main-L63", "main-lanes16"])
+def test_emulated_thread_order_does_not_matter(emu, monkeypatch, config, b, h, w):
     """Threads run forward, reversed and shuffled between barriers: bit-identical results, so no
     thread reads shared data another writes without a barrier in between. (L <= 64 has its own
-    backward configuration, a 64-step chunk.)"""
-    case = dict(b=1, d=9, h=h, w=w, n=4, r=2, k=4, config=config, layout="channels_last")
+    backward configuration, a 64-step chunk; with B = 4 the forward takes 16 lanes per channel.)"""
+    case = dict(b=b, d=9, h=h, w=w, n=4, r=2, k=4, config=config, layout="channels_last")
     runs = [emu_case(emu, monkeypatch, **case, order=o, seed=3) for o in (0, 1, 2)]
     for other in runs[1:]:
         for a, b in zip([runs[0][0], runs[0][1], *runs[0][2]], [other[0], other[1], *other[2]]):

@@ -19,7 +19,8 @@ struct Grid {
 // Configurations <NW warps, LPC lanes per channel, TI steps per lane>; scan_host.h chooses one.
 // X(T, A, NW, LPC, TI) for every forward / backward configuration of an input type T.
 #define MAMBAAD_FWD_CONFIGS_F32(X, T) \
-  X(T, float, 16, 4, 16) X(T, float, 16, 8, 16) X(T, float, 16, 32, 8) X(T, float, 4, 8, 8)
+  X(T, float, 16, 4, 16) X(T, float, 16, 8, 16) X(T, float, 16, 16, 16) X(T, float, 16, 32, 8) \
+  X(T, float, 4, 8, 8)
 #define MAMBAAD_FWD_CONFIGS_F64(X, T) X(T, double, 4, 8, 8)
 #define MAMBAAD_BWD_CONFIGS_F32(X, T) \
   X(T, float, 16, 8, 16) X(T, float, 16, 8, 8) X(T, float, 4, 8, 16)

@@ -57,8 +57,11 @@
 //    flight instead of one read-modify-write at a time).
 //    Configurations (NW warps, LPC, TI -> G = 32 NW / LPC channels, CH steps):
 //      L <= 64:  <16, 4, 16>  G 128, CH 64     64 < L <= 128: <16, 8, 16>  G 64, CH 128
-//      L > 128:  <16, 32, 8>  G 16,  CH 256    fallback (big N, fp64): <4, 8, 8>  G 16, CH 64
-//    At B = 16 and MambaAD's stages that is 128, 512, 256, 128 blocks of 512 threads (one per SM,
+//      L > 128:  <16, 16, 16> G 32,  CH 256 while it gives at least 0.9 blocks per SM, else
+//                <16, 32, 8>  G 16,  CH 256    fallback (big N, fp64): <4, 8, 8>  G 16, CH 64
+//    (benchmarks/ptx_census.py: 10.9, 11.6, 12.4 and 19.4 PTX instructions per (t, n) step; the
+//    fewer lanes per channel, the fewer shuffle levels per step.)
+//    At B = 16 and MambaAD's stages that is 128, 256, 128, 128 blocks of 512 threads (one per SM,
 //    16 warps, 65536 .. 131072 lanes in flight).
 // 5. Backward mapping. A block owns (b, k, a group of G = 64 channels) (<16, 8, 16>: CH = 128 =
 //    the checkpoint interval; for L <= 64, <16, 8, 8>: one 64-step chunk, so no lane walks masked
