@@ -12,13 +12,19 @@ gaps count. This script separates the two, per MambaAD decoder stage, backend an
 - the three longest kernels and their share, and the device time over the larger floor
   (``benchmarks/floors.py``), which is what a kernel change can still win.
 
-usage: python benchmarks/kernel_time.py [--backends cuda triton] [--batch 16] [--reps 10] [--json F]
+``cuda-lanes`` is the cuda backend with ``MAMBAAD_CUDA_FWD=lanes`` (the experimental lane-sequential
+forward kernel; the backward is the same), so the two forward kernels are compared in one run.
+
+usage: python benchmarks/kernel_time.py [--backends cuda cuda-lanes triton] [--batch 16] [--reps 10]
+       [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -66,8 +72,29 @@ def wall_time_per_call(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def measure(shape: floors.ScanShape, backend: str, mode: str, reps: int, exp_rate: float,
+@contextlib.contextmanager
+def forward_kernel(name: str):
+    """MAMBAAD_CUDA_FWD=name for the duration (the CUDA host reads it on every call)."""
+    old = os.environ.get("MAMBAAD_CUDA_FWD")
+    os.environ["MAMBAAD_CUDA_FWD"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MAMBAAD_CUDA_FWD"]
+        else:
+            os.environ["MAMBAAD_CUDA_FWD"] = old
+
+
+def measure(shape: floors.ScanShape, label: str, mode: str, reps: int, exp_rate: float,
             bandwidth: float) -> dict:
+    backend = "cuda" if label == "cuda-lanes" else label
+    with forward_kernel("lanes" if label == "cuda-lanes" else "segments"):
+        return _measure(shape, backend, label, mode, reps, exp_rate, bandwidth)
+
+
+def _measure(shape: floors.ScanShape, backend: str, label: str, mode: str, reps: int, exp_rate: float,
+             bandwidth: float) -> dict:
     x, params = scan_bench.make_inputs(shape, torch.float32, torch.device("cuda"), seed=0)
     grad = mode == "fwdbwd"
     leaves = [x, *params]
@@ -92,7 +119,7 @@ def measure(shape: floors.ScanShape, backend: str, mode: str, reps: int, exp_rat
     nbytes = floors.floor_bytes(shape, mode, elem=4)["total"]
     floor_ms = max(exps / exp_rate, nbytes / bandwidth) * 1e3
     top = sorted(per_name.items(), key=lambda kv: -kv[1])[:3]
-    return {"backend": backend, "mode": mode, "shape": [shape.b, shape.d, shape.h, shape.w],
+    return {"backend": label, "mode": mode, "shape": [shape.b, shape.d, shape.h, shape.w],
             "r": shape.r, "device_ms": dev_ms, "wall_ms": wall_ms, "gap_ms": wall_ms - dev_ms,
             "floor_ms": floor_ms, "device_over_floor": dev_ms / floor_ms,
             "kernels_ms": per_name, "top": [[name, ms] for name, ms in top]}
@@ -100,7 +127,7 @@ def measure(shape: floors.ScanShape, backend: str, mode: str, reps: int, exp_rat
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    ap.add_argument("--backends", nargs="+", default=["cuda", "cuda-lanes", "triton"])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--bandwidth-gbs", type=float, default=3000.0)
@@ -115,12 +142,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"# {torch.cuda.get_device_name(device)}, B {args.batch}, N 16, K 8, hilbert, fp32, "
           f"{args.reps} calls; exp rate {exp_rate / 1e12:.2f} T/s ({source})")
-    print(f"{'backend':8} {'D@grid':>10} {'mode':7} {'wall ms':>8} {'device ms':>9} {'gap ms':>7} "
+    print(f"{'backend':10} {'D@grid':>10} {'mode':7} {'wall ms':>8} {'device ms':>9} {'gap ms':>7} "
           f"{'dev/floor':>9}  longest kernels (ms per call)")
     for d, side in scan_bench.STAGES:
         shape = floors.ScanShape(args.batch, d, side, side, k=8, n=16, r=scan_bench.dt_rank(d))
         for backend in args.backends:
-            reason = mk.backends.unavailable_reason(backend, device)
+            reason = mk.backends.unavailable_reason("cuda" if backend == "cuda-lanes" else backend, device)
             if reason:
                 print(f"{backend:8} skipped: {reason}")
                 continue
@@ -128,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = measure(shape, backend, mode, args.reps, exp_rate, args.bandwidth_gbs * 1e9)
                 rows.append(row)
                 tops = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in row["top"])
-                print(f"{backend:8} {f'{d}@{side}x{side}':>10} {mode:7} {row['wall_ms']:8.3f} "
+                print(f"{backend:10} {f'{d}@{side}x{side}':>10} {mode:7} {row['wall_ms']:8.3f} "
                       f"{row['device_ms']:9.3f} {row['gap_ms']:7.3f} {row['device_over_floor']:9.1f}  "
                       f"{tops}", flush=True)
     if args.json:

@@ -31,7 +31,10 @@ ENTRY = re.compile(r"^\.visible \.entry (\S+)\(")
 LABEL = re.compile(r"^(\$L__BB\d+_\d+):")
 BRANCH = re.compile(r"bra(?:\.uni)?\s+(\$L__BB\d+_\d+);")
 CONFIG = re.compile(r"hss_(fwd|bwd)_kernelI\w+?Li(\d+)ELi(\d+)ELi(\d+)E")
-KINDS = {"ex2": "ex2.", "shfl": "shfl.", "ld.shared": "ld.shared", "st.shared": "st.shared",
+LANES = re.compile(r"hss_fwd_lanes_kernelI(\w+?)Li(\d+)ELi(\d+)E")
+STEPS_PER_PASS = 4  # the lane-sequential kernel's state loop: 4 steps x 16 states per pass
+N_STATES = 16
+KINDS = {"ex2": "ex2.", "fma": "fma.", "shfl": "shfl.", "ld.shared": "ld.shared", "st.shared": "st.shared",
          "bar": "bar.", "ld.global": "ld.global", "st.global": "st.global"}
 
 
@@ -63,43 +66,80 @@ def opcode(line: str) -> str:
     return tokens[1] if tokens[0].startswith("@") else tokens[0]
 
 
-def state_loops(lines: list[str]) -> list[dict]:
-    """The innermost backward-branch loops whose body holds an ex2, with their instruction mix."""
-    labels = {}
-    loops = []
+def _loops(lines: list[str]) -> list[tuple[int, int, list[str]]]:
+    """Every loop of a kernel as (first line, last line, body): a label and a branch back to it."""
+    labels, loops = {}, []
     for i, line in enumerate(lines):
         m = LABEL.match(line.strip())
         if m:
             labels[m.group(1)] = i
         b = BRANCH.search(line)
         if b and b.group(1) in labels and labels[b.group(1)] < i:
-            body = lines[labels[b.group(1)]:i + 1]
-            if any("ex2." in ln for ln in body):
-                loops.append((labels[b.group(1)], i, body))
-    inner = [lp for lp in loops if not any(o is not lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
-    out = []
-    for start, end, body in inner:
+            loops.append((labels[b.group(1)], i, lines[labels[b.group(1)]:i + 1]))
+    return loops
+
+
+def _innermost(loops):
+    return [lp for lp in loops if not any(o is not lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+
+
+def _mix(body: list[str]) -> dict:
+    ops = [opcode(ln) for ln in body if is_instruction(ln)]
+    mix = {k: sum(1 for op in ops if op.startswith(prefix)) for k, prefix in KINDS.items()}
+    return {"instructions": len(ops), **mix}
+
+
+def state_loops(lines: list[str]) -> list[dict]:
+    """The innermost loops whose body holds an ex2, with their instruction mix."""
+    with_ex2 = [lp for lp in _loops(lines) if any("ex2." in ln for ln in lp[2])]
+    return [{"lines": [a, b], **_mix(body)} for a, b, body in _innermost(with_ex2)]
+
+
+def dt_loop(lines: list[str]) -> dict | None:
+    """The loop over the dt rank R (16-byte shared loads and FMAs, nothing else of note)."""
+    for a, b, body in _innermost(_loops(lines)):
         ops = [opcode(ln) for ln in body if is_instruction(ln)]
-        mix = {k: sum(1 for op in ops if op.startswith(prefix)) for k, prefix in KINDS.items()}
-        out.append({"lines": [start, end], "instructions": len(ops), **mix})
-    return out
+        if any(op.startswith("ld.shared.v") for op in ops) and any(op.startswith("fma") for op in ops) \
+                and not any(op.startswith(("ex2", "st.", "cp.async", "shfl", "bar")) for op in ops):
+            return {"lines": [a, b], **_mix(body)}
+    return None
 
 
 def census(text: str) -> list[dict]:
+    """One row per kernel configuration: its state loop, its dt loop, instructions per (t, n) step."""
     rows = []
     lines = text.splitlines()
     starts = [(i, ENTRY.match(ln).group(1)) for i, ln in enumerate(lines) if ENTRY.match(ln)]
     for j, (i, name) in enumerate(starts):
-        m = CONFIG.search(name)
-        if not m:
+        seg, lanes = CONFIG.search(name), LANES.search(name)
+        if seg:
+            kind, config = seg.group(1), [int(v) for v in seg.groups()[1:]]
+            steps, states = config[2], 1  # a pass: TI steps of one state
+        elif lanes:
+            if "Half" in lanes.group(1) or "BFloat16" in lanes.group(1):
+                continue  # the fp32 instantiation only
+            kind, config = "fwd-lanes", [int(lanes.group(2)), int(lanes.group(3))]
+            steps, states = STEPS_PER_PASS, N_STATES  # a pass: 4 steps of all 16 states
+        else:
             continue
-        kind, nw, lpc, ti = m.group(1), *map(int, m.groups()[1:])
         body = lines[i:starts[j + 1][0] if j + 1 < len(starts) else len(lines)]
+        dt = dt_loop(body)
         for loop in state_loops(body):
-            if loop["ex2"] < ti:  # not a state loop (the parameter loads take one exp per element)
+            if loop["ex2"] < steps * states:  # not a state loop (the parameter loads: one exp each)
                 continue
-            rows.append({"kernel": kind, "config": [nw, lpc, ti], **loop,
-                         "per_step": loop["instructions"] / ti})
+            nested = dt is not None and loop["lines"][0] <= dt["lines"][0] and dt["lines"][1] <= loop["lines"][1]
+            own = loop["instructions"] - (dt["instructions"] if nested else 0)
+            per_step = own / (steps * states)
+            # one r of the dt loop: an FMA per step of the lane's TI (segment) or 4 (lanes) steps;
+            # nvcc unrolls the loop, so a pass holds fma / steps values of r
+            dt_steps = config[2] if seg else STEPS_PER_PASS
+            r_per_pass = max(1, dt["fma"] // dt_steps) if dt else 1
+            dt_per_r = dt["instructions"] / r_per_pass / (dt_steps * N_STATES) if dt else 0.0
+            rows.append({"kernel": kind, "config": config, **loop, "per_step": per_step,
+                         "dt_loop_instructions": dt["instructions"] if dt else None,
+                         "dt_r_per_pass": r_per_pass,
+                         "dt_per_r": dt_per_r, "per_step_r4": per_step + 4 * dt_per_r,
+                         "per_step_r32": per_step + 32 * dt_per_r})
     return rows
 
 
@@ -113,14 +153,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for kind in ("fwd", "bwd"):
             src = REPO / "csrc" / "cuda" / f"kernel_{kind}_f32.cu"
             rows += census(compile_ptx(src, args.arch, Path(tmp) / f"{kind}.ptx"))
-    print(f"# state-loop census, fp32 kernels, sm_{args.arch} PTX (one pass = one state n, TI steps)")
-    print(f"{'kernel':6} {'<NW,LPC,TI>':12} {'instr':>6} {'per step':>8} {'ex2':>4} {'shfl':>5} "
-          f"{'ld.sh':>6} {'st.sh':>6} {'bar':>4} {'ld.gl':>6} {'st.gl':>6}")
+    print(f"# state-loop census, fp32 kernels, sm_{args.arch} PTX; per (t, n) step: the state loop's "
+          "instructions per step and state, + R x the dt loop's (the delta projection)")
+    print(f"{'kernel':9} {'config':12} {'instr':>6} {'ex2':>4} {'shfl':>5} {'ld.sh':>6} {'st.sh':>6} "
+          f"{'bar':>4} {'per step':>8} {'dt/r':>6} {'R=4':>6} {'R=32':>6}")
     for r in rows:
         cfg = "<" + ",".join(map(str, r["config"])) + ">"
-        print(f"{r['kernel']:6} {cfg:12} {r['instructions']:6d} {r['per_step']:8.1f} {r['ex2']:4d} "
-              f"{r['shfl']:5d} {r['ld.shared']:6d} {r['st.shared']:6d} {r['bar']:4d} "
-              f"{r['ld.global']:6d} {r['st.global']:6d}")
+        print(f"{r['kernel']:9} {cfg:12} {r['instructions']:6d} {r['ex2']:4d} {r['shfl']:5d} "
+              f"{r['ld.shared']:6d} {r['st.shared']:6d} {r['bar']:4d} {r['per_step']:8.2f} "
+              f"{r['dt_per_r']:6.3f} {r['per_step_r4']:6.2f} {r['per_step_r32']:6.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

@@ -301,8 +301,9 @@ def test_kernel_time_needs_a_gpu():
 
 
 def test_ptx_census_covers_every_fp32_configuration():
-    """ptx_census.py finds one state loop per fp32 kernel configuration that launch.h instantiates,
-    with TI exponentials (+1 for the lane's decay product) and a plausible instruction count."""
+    """ptx_census.py finds one state loop per fp32 kernel configuration that launch.h instantiates
+    (and the lane-sequential kernel's), with an exponential per (t, n) step of a pass and plausible
+    instruction counts."""
     import re
     import shutil
 
@@ -316,8 +317,10 @@ def test_ptx_census_covers_every_fp32_configuration():
         macro = re.search(rf"#define MAMBAAD_{kind.upper()}_CONFIGS_F32\(X, T\)(.*?)\n(?!\s)", launch, re.S)
         want |= {(kind, tuple(map(int, m))) for m in re.findall(r"X\(T, float, (\d+), (\d+), (\d+)\)",
                                                                macro.group(1))}
+    lanes = re.search(r"kLanesG = (\d+), kLanesCH = (\d+)", launch)
+    want.add(("fwd-lanes", (int(lanes.group(1)), int(lanes.group(2)))))
     rows = ptx_census.main([])
     assert {(r["kernel"], tuple(r["config"])) for r in rows} == want
     for r in rows:
-        ti = r["config"][2]
-        assert r["ex2"] >= ti and 5 < r["per_step"] < 100, r
+        per_pass = 4 * 16 if r["kernel"] == "fwd-lanes" else r["config"][2]  # (t, n) steps per pass
+        assert r["ex2"] >= per_pass and 5 < r["per_step"] < 100 and 0 < r["dt_per_r"] < 1, r

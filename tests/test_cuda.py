@@ -142,6 +142,14 @@ EMU_CASES = [
     ("global-acc-L1089-bf16", dict(b=1, d=3, h=33, w=33, n=4, r=2, k=2, dtype=BF16, config=1)),
     ("gss-k4-sliced-f16", dict(b=1, d=8, h=5, w=5, n=4, r=2, k=4, dtype=F16, grouped=True,
                                layout="sliced", config=1)),
+    # config 2: the lane-sequential forward (N = 16), with the fallback backward on its states
+    ("lanes-k8-L63", dict(b=2, d=5, h=7, w=9, n=16, r=3, k=8, config=2)),
+    ("lanes-L323-bf16", dict(b=1, d=3, h=17, w=19, n=16, r=2, k=4, dtype=BF16, config=2)),
+    ("lanes-gss-f16-sliced", dict(b=1, d=16, h=5, w=6, n=16, r=2, k=8, dtype=F16, grouped=True,
+                                  layout="sliced", config=2)),
+    ("lanes-k1-r33-channels_last", dict(b=2, d=6, h=9, w=7, n=16, r=33, k=1, layout="channels_last",
+                                        config=2)),
+    ("lanes-d130-groups", dict(b=1, d=130, h=4, w=4, n=16, r=2, k=2, method="zigzag", config=2)),
 ]
 
 
@@ -150,17 +158,41 @@ def test_emulated_kernels_match_contract(emu, monkeypatch, case):
     emu_case(emu, monkeypatch, **case)
 
 
-@pytest.mark.parametrize("config,b,h,w", [(1, 1, 13, 11), (0, 1, 13, 11), (0, 1, 7, 9), (0, 4, 13, 11)],
-                         ids=["fallback", "main", "main-L63", "main-lanes16"])
-def test_emulated_thread_order_does_not_matter(emu, monkeypatch, config, b, h, w):
+@pytest.mark.parametrize("config,b,h,w,n", [(1, 1, 13, 11, 4), (0, 1, 13, 11, 4), (0, 1, 7, 9, 4),
+                                              (0, 4, 13, 11, 4), (2, 1, 13, 11, 16)],
+                         ids=["fallback", "main", "main-L63", "main-lanes16", "lane-sequential"])
+def test_emulated_thread_order_does_not_matter(emu, monkeypatch, config, b, h, w, n):
     """Threads run forward, reversed and shuffled between barriers: bit-identical results, so no
     thread reads shared data another writes without a barrier in between. (L <= 64 has its own
     backward configuration, a 64-step chunk; with B = 4 the forward takes 16 lanes per channel.)"""
-    case = dict(b=b, d=9, h=h, w=w, n=4, r=2, k=4, config=config, layout="channels_last")
+    case = dict(b=b, d=9, h=h, w=w, n=n, r=2, k=4, config=config, layout="channels_last")
     runs = [emu_case(emu, monkeypatch, **case, order=o, seed=3) for o in (0, 1, 2)]
     for other in runs[1:]:
         for a, b in zip([runs[0][0], runs[0][1], *runs[0][2]], [other[0], other[1], *other[2]]):
             assert torch.equal(a, b)
+
+
+def test_emulated_lane_sequential_selection(emu, monkeypatch):
+    """MAMBAAD_CUDA_FWD=lanes gives calls with config -1 the lane-sequential forward (the same bits
+    as forcing it) where N = 16, the segment kernels elsewhere; a wrong value is an error."""
+    x, x_dbl, params, paths, _ = _inputs(1, 6, 5, 7, 16, 2, 4, "hilbert", F32, False, "contiguous", 7)
+    forced = emu.scan_fwd(x, x_dbl, *params, paths, False, True, 2, 0, 0)
+    segments = emu.scan_fwd(x, x_dbl, *params, paths, False, True, -1, 0, 0)
+    monkeypatch.setenv("MAMBAAD_CUDA_FWD", "lanes")
+    chosen = emu.scan_fwd(x, x_dbl, *params, paths, False, True, -1, 0, 0)
+    assert all(torch.equal(u, v) for u, v in zip(forced, chosen))
+    assert not torch.equal(forced[0], segments[0])  # a different summation order: not the same bits
+    x4, xd4, p4, paths4, _ = _inputs(1, 6, 5, 7, 4, 2, 4, "hilbert", F32, False, "contiguous", 7)
+    monkeypatch.setenv("MAMBAAD_CUDA_FWD", "segments")
+    want = emu.scan_fwd(x4, xd4, *p4, paths4, False, True, -1, 0, 0)
+    monkeypatch.setenv("MAMBAAD_CUDA_FWD", "lanes")  # N = 4: the segment kernels
+    assert all(torch.equal(u, v) for u, v in zip(want, emu.scan_fwd(x4, xd4, *p4, paths4, False, True,
+                                                                    -1, 0, 0)))
+    with pytest.raises(RuntimeError, match="needs N = 16"):
+        emu.scan_fwd(x4, xd4, *p4, paths4, False, True, 2, 0, 0)
+    monkeypatch.setenv("MAMBAAD_CUDA_FWD", "fastest")
+    with pytest.raises(ValueError, match="MAMBAAD_CUDA_FWD must be"):
+        emu.scan_fwd(x, x_dbl, *params, paths, False, True, -1, 0, 0)
 
 
 def test_emulated_layouts_agree_bitwise(emu, monkeypatch):
@@ -246,15 +278,21 @@ H100_SMEM, A100_SMEM = 232448 - 1024, 166912 - 1024
 @pytest.mark.parametrize("stage", range(4))
 def test_emulated_stage_configs_fit_shared_memory(emu, stage):
     """At every MambaAD stage the main (16-warp) configurations fit the H100's shared memory, and
-    on an A100 the forward still runs its main configuration (accumulating in global memory where
-    needed) while the backward may fall back to the 4-warp one, which fits."""
+    on an A100 the forward still runs a 16-warp configuration (accumulating in global memory where
+    needed: for L > 128 <16, 32, 8> where <16, 16, 16> does not fit) while the backward may fall
+    back to the 4-warp one, which fits. The lane-sequential forward fits both."""
     _, L, R = STAGES[stage]
-    fwd_cfg = 0 if L <= 64 else 1 if L <= 128 else 2  # scan_host.h run_fwd's choice
-    fwd = emu.fwd_smem(fwd_cfg, R, 16, L, False)
-    assert fwd <= A100_SMEM, f"stage {stage}: forward config {fwd_cfg} needs {fwd} B > A100 {A100_SMEM}"
-    bwd, bwd_small = emu.bwd_smem(0, R, 16), emu.bwd_smem(1, R, 16)
+    fwd_cfgs = [0] if L <= 64 else [1] if L <= 128 else [4, 2]  # scan_host.h run_fwd's choices
+    for cfg in fwd_cfgs:
+        fwd = emu.fwd_smem(cfg, R, 16, L, False)
+        assert fwd <= H100_SMEM, f"stage {stage}: forward config {cfg} needs {fwd} B > H100 {H100_SMEM}"
+    fwd = emu.fwd_smem(fwd_cfgs[-1], R, 16, L, False)
+    assert fwd <= A100_SMEM, f"stage {stage}: forward config {fwd_cfgs[-1]} needs {fwd} B > A100"
+    bwd = emu.bwd_smem(2 if L <= 64 else 0, R, 16)
+    bwd_small = emu.bwd_smem(1, R, 16)
     assert bwd <= H100_SMEM, f"stage {stage}: backward needs {bwd} B > H100 {H100_SMEM}"
     assert bwd_small <= A100_SMEM, f"stage {stage}: backward fallback needs {bwd_small} B"
+    assert emu.lanes_smem(R) <= A100_SMEM
 
 
 def test_emulated_state_chunk_matches_python(emu):
@@ -498,3 +536,25 @@ def test_gpu_matches_reference_at_stage_shape_bf16_channels_last(monkeypatch):
     monkeypatch.setenv("MAMBAAD_POISON", "1")
     run_case("cuda", b=2, d=128, h=64, w=64, n=16, r=4, k=8, method="hilbert", dtype=BF16,
              layout="channels_last")
+
+
+LANES_GPU_CASES = [
+    ("k8-15x17", dict(b=2, d=24, h=15, w=17, n=16, r=2, k=8, method="hilbert", dtype=F32)),
+    ("d130-bf16-33x32", dict(b=2, d=130, h=33, w=32, n=16, r=5, k=4, method="zorder", dtype=BF16)),
+    ("gss-f16-37x53", dict(b=1, d=96, h=37, w=53, n=16, r=6, k=8, method="hilbert", dtype=F16,
+                           grouped=True)),
+    ("k1-1x129", dict(b=2, d=8, h=1, w=129, n=16, r=2, k=1, method="sweep", dtype=F32)),
+    ("stage0", dict(b=2, d=1024, h=8, w=8, n=16, r=32, k=8, method="hilbert", dtype=F32)),
+    ("stage3-channels_last", dict(b=2, d=128, h=64, w=64, n=16, r=4, k=8, method="hilbert",
+                                  dtype=F32, layout="channels_last")),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for _, c in LANES_GPU_CASES], ids=[i for i, _ in LANES_GPU_CASES])
+def test_gpu_lane_sequential_forward(monkeypatch, case):
+    """MAMBAAD_CUDA_FWD=lanes: the lane-sequential forward (and the usual backward on its
+    checkpoints) against float64, outputs poisoned."""
+    monkeypatch.setenv("MAMBAAD_POISON", "1")
+    monkeypatch.setenv("MAMBAAD_CUDA_FWD", "lanes")
+    run_case("cuda", seed=11, **case)

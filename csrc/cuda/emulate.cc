@@ -42,7 +42,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 // Shared-memory bytes per block of a configuration (the formulas the host checks against the
 // device limit): fwd_smem(config, ...) for the forward configurations <16, 4, 16>, <16, 8, 16>,
-// <16, 32, 8>, <4, 8, 8> (config 0 .. 3), bwd_smem(config, ...) for <16, 8, 16>, <4, 8, 16>.
+// <16, 32, 8>, <4, 8, 8>, <16, 16, 16> (config 0 .. 4), bwd_smem(config, ...) for <16, 8, 16>,
+// <4, 8, 16>, <16, 8, 8> (config 0 .. 2), lanes_smem(R) for the lane-sequential forward.
 int64_t fwd_smem(int64_t config, int64_t R, int64_t N, int64_t L, bool acc_in_smem) {
   using namespace mambaad::scan;
   const int r = static_cast<int>(R), n = static_cast<int>(N), l = static_cast<int>(L);
@@ -51,7 +52,8 @@ int64_t fwd_smem(int64_t config, int64_t R, int64_t N, int64_t L, bool acc_in_sm
     case 1: return fwd_smem_bytes<float, 16, 8, 16>(r, n, l, acc_in_smem);
     case 2: return fwd_smem_bytes<float, 16, 32, 8>(r, n, l, acc_in_smem);
     case 3: return fwd_smem_bytes<float, 4, 8, 8>(r, n, l, acc_in_smem);
-    default: throw std::invalid_argument("fwd_smem: config 0 .. 3");
+    case 4: return fwd_smem_bytes<float, 16, 16, 16>(r, n, l, acc_in_smem);
+    default: throw std::invalid_argument("fwd_smem: config 0 .. 4");
   }
 }
 
@@ -61,8 +63,14 @@ int64_t bwd_smem(int64_t config, int64_t R, int64_t N) {
   switch (config) {
     case 0: return bwd_smem_bytes<float, 16, 8, 16>(r, n);
     case 1: return bwd_smem_bytes<float, 4, 8, 16>(r, n);
-    default: throw std::invalid_argument("bwd_smem: config 0 .. 1");
+    case 2: return bwd_smem_bytes<float, 16, 8, 8>(r, n);
+    default: throw std::invalid_argument("bwd_smem: config 0 .. 2");
   }
+}
+
+int64_t lanes_smem(int64_t R) {
+  using namespace mambaad::scan;
+  return lanes_smem_bytes<kLanesG, kLanesCH>(static_cast<int>(R));
 }
 
 }  // namespace
@@ -73,5 +81,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_bwd", &emu_bwd, "backward kernels under emulation");
   m.def("fwd_smem", &fwd_smem, "shared-memory bytes of a forward configuration");
   m.def("bwd_smem", &bwd_smem, "shared-memory bytes of a backward configuration");
+  m.def("lanes_smem", &lanes_smem, "shared-memory bytes of the lane-sequential forward");
   m.attr("STATE_CHUNK") = mambaad::scan::kStateChunk;
 }

@@ -6,6 +6,7 @@ namespace mambaad {
 namespace scan {
 
 MAMBAAD_FWD_CONFIGS_F32(MAMBAAD_INSTANTIATE_FWD, c10::Half)
+MAMBAAD_INSTANTIATE_LANES(c10::Half)
 
 }  // namespace scan
 }  // namespace mambaad

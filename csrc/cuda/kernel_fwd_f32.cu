@@ -6,6 +6,7 @@ namespace mambaad {
 namespace scan {
 
 MAMBAAD_FWD_CONFIGS_F32(MAMBAAD_INSTANTIATE_FWD, float)
+MAMBAAD_INSTANTIATE_LANES(float)
 
 }  // namespace scan
 }  // namespace mambaad

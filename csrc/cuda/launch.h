@@ -8,6 +8,7 @@
 
 #include "scan_bwd.cuh"
 #include "scan_fwd.cuh"
+#include "scan_lanes.cuh"
 
 namespace mambaad {
 namespace scan {
@@ -34,6 +35,14 @@ void launch_bwd(const BwdArgs<T, A>& args, Grid grid, int64_t smem);
 
 template <typename A>
 void launch_sum(const SumArgs<A>& args, int64_t total, unsigned blocks);
+
+// The lane-sequential forward (scan_lanes.cuh): one configuration, 128 lanes, 32-step chunks.
+constexpr int kLanesG = 128, kLanesCH = 32;
+#define MAMBAAD_INSTANTIATE_LANES(T) \
+  template void launch_fwd_lanes<T, kLanesG, kLanesCH>(const LanesArgs<T>&, Grid, int64_t);
+
+template <typename T, int G, int CH>
+void launch_fwd_lanes(const LanesArgs<T>& args, Grid grid, int64_t smem);
 
 }  // namespace scan
 }  // namespace mambaad

@@ -38,6 +38,11 @@ void launch_bwd(const BwdArgs<T, A>& args, Grid grid, int64_t smem) {
   launch_kernel(hss_bwd_kernel<T, A, NW, LPC, TI>, grid, NW * 32, smem, args);
 }
 
+template <typename T, int G, int CH>
+void launch_fwd_lanes(const LanesArgs<T>& args, Grid grid, int64_t smem) {
+  launch_kernel(hss_fwd_lanes_kernel<T, G, CH>, grid, G, smem, args);
+}
+
 template <typename A>
 void launch_sum(const SumArgs<A>& args, int64_t total, unsigned blocks) {
   launch_kernel(sum_slices_kernel<A>, Grid{blocks, 1, 1}, 256, 0, args, total);

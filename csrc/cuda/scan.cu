@@ -91,6 +91,21 @@
 // 6. Indices: every global offset is int64 (B D L passes 2^31 at large shapes); steps and grid
 //    positions are int (L < 2^30 is checked); a path entry outside [0, L) is treated as a masked
 //    step, so a malformed path cannot read or write out of bounds.
+// 7. The lane-sequential forward (scan_lanes.cuh; experimental, chosen by MAMBAAD_CUDA_FWD=lanes
+//    for N = 16 and fp32 / fp16 / bf16, forced by config 2 in the emulator tests). A block owns
+//    (b, k, 128 channels), one thread per channel, and walks the sequence in 32-step chunks staged
+//    as in 3 (double-buffered, 3 barriers per chunk). Each thread keeps its 16 states and A_n
+//    log2(e) in registers and runs the recurrence step by step, 4 steps at a time: delta from the
+//    staged dt rows (dt_w in shared memory, odd row stride), then per state n one 16-byte
+//    broadcast load each of B_n and C_n for the 4 steps and 4 x (EX2, state update, C
+//    contraction). No segment scan, no shuffles: 8.7 PTX instructions per (t, n) step against
+//    10.9 .. 19.4 for the segment kernels (benchmarks/ptx_census.py), so the EX2s bound it, if the
+//    16 independent state chains hide the latency with few warps (B K D lanes: 16384 at stage 3
+//    and B 16, 4 warps per SM). The cost: the K directions run in different blocks, so HSS with
+//    K > 1 writes one fp32 (B, D, L) slice per direction and sum_slices_kernel adds them in k
+//    order (deterministic; K + 1 times the output's memory, 2 K B D L x 4 bytes of extra traffic:
+//    0.18 ms at stage 3). 16-bit outputs go through an fp32 buffer. The checkpoints for the
+//    backward are the same (the state before every 128th step), so the backward is unchanged.
 //
 // Floors at MambaAD's decoder stages (B 16, N 16, K 8, fp32, R = D / 32). Assumed H100 SXM: 132 SMs
 // at 1.755 GHz, MUFU 16 ex2 per SM per clock = 3.71e12 exp/s; HBM 3.0 TB/s. Bytes that must move:

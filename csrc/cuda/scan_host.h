@@ -27,10 +27,22 @@ namespace mambaad {
 namespace scan {
 
 // Which configuration to launch: -1 chooses by shape; 0 the main one for the shape; 1 the small
-// fallback (128 threads, little shared memory). The emulator tests force each.
+// fallback (128 threads, little shared memory); 2 (forward) the lane-sequential kernel. The
+// emulator tests force each.
 struct LaunchOptions {
   int config = -1;
 };
+
+// The forward kernel a call with config -1 gets: the segment kernels (scan_fwd.cuh), or with
+// MAMBAAD_CUDA_FWD=lanes the experimental lane-sequential one (scan_lanes.cuh) where it applies
+// (N = 16, fp32 / fp16 / bf16; other calls keep the segment kernels).
+inline bool lanes_requested() {
+  const char* v = std::getenv("MAMBAAD_CUDA_FWD");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "segments") == 0) return false;
+  TORCH_CHECK_VALUE(std::strcmp(v, "lanes") == 0,
+                    "MAMBAAD_CUDA_FWD must be 'segments' (the default) or 'lanes', got '", v, "'");
+  return true;
+}
 
 // Argument checks: csrc/common.h's (shared with the CPU kernels; x_dbl in the compute dtype), plus
 // what the CUDA kernels add: the device type, no empty input, and the grid and index limits.
@@ -134,6 +146,73 @@ void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, const LaunchOptions& o
               " needs more shared memory than the device has (", limit, " bytes per block)");
 }
 
+// The lane-sequential forward: one 128-thread block per (group of 128 channels, k, b). HSS with
+// K > 1 writes one fp32 slice per direction, summed in k order by sum_slices_kernel; 16-bit
+// outputs go through an fp32 buffer.
+template <typename T>
+void run_fwd_lanes(const FwdArgs<T, float>& f, const at::Tensor& x, at::Tensor& out) {
+  const int64_t smem = lanes_smem_bytes<kLanesG, kLanesCH>(f.R);
+  const int64_t limit = smem_limit(x);
+  TORCH_CHECK(smem <= limit, "mambaad::scan_fwd (cuda, lanes): R = ", f.R, " needs ", smem,
+              " bytes of shared memory, the device has ", limit);
+  LanesArgs<T> a{};
+  a.x = f.x;
+  a.sxb = f.sxb;
+  a.sxd = f.sxd;
+  a.sxl = f.sxl;
+  a.xdbl = f.xdbl;
+  a.dtw = f.dtw;
+  a.dtb = f.dtb;
+  a.alog = f.alog;
+  a.ds = f.ds;
+  a.paths = f.paths;
+  a.states = f.states;
+  a.B = f.B;
+  a.D = f.D;
+  a.L = f.L;
+  a.K = f.K;
+  a.Dk = f.Dk;
+  a.R = f.R;
+  a.NS = f.NS;
+  a.grouped = f.grouped;
+  a.slices = !f.grouped && f.K > 1;
+  const int64_t n = int64_t{f.B} * f.D * f.L;
+  at::Tensor out32 = std::is_same_v<T, float> ? out : alloc_output({f.B, f.D, f.L}, at::kFloat, x.device());
+  at::Tensor ys;
+  if (a.slices) {
+    ys = alloc_output({f.K, f.B, f.D, f.L}, at::kFloat, x.device());
+    a.y = ys.data_ptr<float>();
+  } else {
+    a.y = out32.data_ptr<float>();
+  }
+  const int64_t groups = (int64_t{f.Dk} + kLanesG - 1) / kLanesG;
+  TORCH_CHECK(groups < (int64_t{1} << 31), "mambaad::scan_fwd (cuda, lanes): too many channel groups");
+  launch_fwd_lanes<T, kLanesG, kLanesCH>(
+      a, Grid{static_cast<unsigned>(groups), static_cast<unsigned>(f.K), static_cast<unsigned>(f.B)}, smem);
+  if (a.slices) {
+    SumArgs<float> sum{};
+    sum.seg[0] = SumSegment<float>{a.y, out32.data_ptr<float>(), n, f.K};
+    sum.nseg = 1;
+    launch_sum<float>(sum, n, static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{8} * sm_count(x))));
+  }
+  if constexpr (!std::is_same_v<T, float>) out.copy_(out32);
+}
+
+// The forward of one call: the lane-sequential kernel when forced (config 2) or asked for
+// (MAMBAAD_CUDA_FWD=lanes) and it applies, else the segment kernels.
+template <typename T, typename A>
+void forward(const FwdArgs<T, A>& a, const at::Tensor& x, at::Tensor& out, const LaunchOptions& opt) {
+  if constexpr (std::is_same_v<A, float>) {
+    TORCH_CHECK(a.N == kLanesN || opt.config != 2, "mambaad::scan_fwd (cuda): the lane-sequential "
+                "kernel needs N = ", kLanesN, ", got ", a.N);
+    if (a.N == kLanesN && (opt.config == 2 || (opt.config < 0 && lanes_requested()))) {
+      run_fwd_lanes<T>(a, x, out);
+      return;
+    }
+  }
+  run_fwd<T, A>(a, x, opt);
+}
+
 inline std::tuple<at::Tensor, at::Tensor> scan_fwd_impl(
     const at::Tensor& x, const at::Tensor& x_dbl_in, const at::Tensor& dt_w, const at::Tensor& dt_b,
     const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths_in, bool grouped,
@@ -175,7 +254,7 @@ inline std::tuple<at::Tensor, at::Tensor> scan_fwd_impl(
     a.NS = static_cast<int>(ns);
     a.grouped = grouped;
     a.x_channels_fast = x.stride(1) == 1 && g.D > 1;
-    run_fwd<T, A>(a, x, opt);
+    forward<T, A>(a, x, out, opt);
   });
   return {out, states};
 }
