@@ -300,18 +300,21 @@ def test_kernel_time_needs_a_gpu():
         kernel_time.main([])
 
 
-def test_ptx_census_covers_every_fp32_configuration():
-    """ptx_census.py finds one state loop per fp32 kernel configuration that launch.h instantiates
-    (and the lane-sequential kernel's), with an exponential per (t, n) step of a pass and plausible
-    instruction counts."""
+@pytest.mark.parametrize("fmt", ["sass", "ptx"])
+def test_kernel_census_covers_every_fp32_configuration(fmt):
+    """kernel_census.py finds one state loop per fp32 kernel configuration that launch.h
+    instantiates (and the lane-sequential kernel's), with an exponential per (t, n) step of a pass
+    and plausible instruction counts, from the machine code and from the PTX."""
     import re
     import shutil
 
-    import ptx_census
+    import kernel_census
 
     if shutil.which("nvcc") is None:
         pytest.skip("needs nvcc")
-    launch = (ptx_census.REPO / "csrc" / "cuda" / "launch.h").read_text()
+    if fmt == "sass" and kernel_census.cuobjdump() is None:
+        pytest.skip("no cuobjdump (neither the CUDA toolkit's nor triton's)")
+    launch = (kernel_census.REPO / "csrc" / "cuda" / "launch.h").read_text()
     want = set()
     for kind in ("fwd", "bwd"):
         macro = re.search(rf"#define MAMBAAD_{kind.upper()}_CONFIGS_F32\(X, T\)(.*?)\n(?!\s)", launch, re.S)
@@ -319,8 +322,9 @@ def test_ptx_census_covers_every_fp32_configuration():
                                                                macro.group(1))}
     lanes = re.search(r"kLanesG = (\d+), kLanesCH = (\d+)", launch)
     want.add(("fwd-lanes", (int(lanes.group(1)), int(lanes.group(2)))))
-    rows = ptx_census.main([])
+    rows = kernel_census.main(["--ptx"] if fmt == "ptx" else [])
     assert {(r["kernel"], tuple(r["config"])) for r in rows} == want
     for r in rows:
         per_pass = 4 * 16 if r["kernel"] == "fwd-lanes" else r["config"][2]  # (t, n) steps per pass
-        assert r["ex2"] >= per_pass and 5 < r["per_step"] < 100 and 0 < r["dt_per_r"] < 1, r
+        assert r["format"] == fmt and r["ex2"] >= per_pass, r
+        assert 5 < r["per_step"] < 100 and 0 < r["dt_per_r"] < 1, r

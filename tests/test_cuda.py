@@ -128,10 +128,10 @@ EMU_CASES = [
     ("main-L323-d70", dict(b=1, d=70, h=17, w=19, n=4, r=2, k=2, config=0)),
     ("main-d130-r9", dict(b=1, d=130, h=8, w=8, n=16, r=9, k=2, config=0)),
     ("main-gss-bf16", dict(b=2, d=16, h=12, w=12, n=4, r=2, k=8, dtype=BF16, grouped=True, config=0)),
-    # L > 128 with enough blocks for the emulator's 4 SMs: 16 lanes x 16 steps per channel, the
-    # accumulator in shared memory, then (G L > 64 KB) in out itself
+    # L > 128 with enough blocks for the emulator's 4 SMs: 16 lanes x 16 steps per channel (the
+    # accumulator in shared memory); past L = 1024 the 32 x 8 one accumulates in out itself
     ("main-lanes16-L323", dict(b=4, d=6, h=17, w=19, n=4, r=2, k=4, config=0)),
-    ("main-lanes16-global-acc-L529", dict(b=4, d=3, h=23, w=23, n=16, r=2, k=2, config=0)),
+    ("main-global-acc-L1089", dict(b=1, d=3, h=33, w=33, n=16, r=2, k=2, config=0)),
     # half x with float32 parameters and x_dbl (the contract: x_dbl is float32 for half x)
     ("f16", dict(b=2, d=4, h=5, w=6, n=4, r=2, k=8, dtype=F16, config=1)),
     ("main-k1-f16-L200", dict(b=1, d=5, h=10, w=20, n=4, r=2, k=1, dtype=F16, config=0)),

@@ -57,11 +57,12 @@
 //    flight instead of one read-modify-write at a time).
 //    Configurations (NW warps, LPC, TI -> G = 32 NW / LPC channels, CH steps):
 //      L <= 64:  <16, 4, 16>  G 128, CH 64     64 < L <= 128: <16, 8, 16>  G 64, CH 128
-//      L > 128:  <16, 16, 16> G 32,  CH 256 while it gives at least 0.9 blocks per SM, else
+//      L > 128:  <16, 16, 16> G 32,  CH 256 while it gives at least 0.9 blocks per SM and
+//                its (32, L) accumulator fits the 64 KB of shared memory (L <= 512), else
 //                <16, 32, 8>  G 16,  CH 256    fallback (big N, fp64): <4, 8, 8>  G 16, CH 64
-//    (benchmarks/ptx_census.py: 10.9, 11.6, 12.4 and 19.4 PTX instructions per (t, n) step; the
-//    fewer lanes per channel, the fewer shuffle levels per step.)
-//    At B = 16 and MambaAD's stages that is 128, 256, 128, 128 blocks of 512 threads (one per SM,
+//    (benchmarks/kernel_census.py, sm_90 SASS: 10.1, 10.4, 10.6 and 12.6 instructions per (t, n)
+//    step; the fewer lanes per channel, the fewer shuffle levels per step.)
+//    At B = 16 and MambaAD's stages that is 128, 256, 256, 128 blocks of 512 threads (one per SM,
 //    16 warps, 65536 .. 131072 lanes in flight).
 // 5. Backward mapping. A block owns (b, k, a group of G = 64 channels) (<16, 8, 16>: CH = 128 =
 //    the checkpoint interval; for L <= 64, <16, 8, 8>: one 64-step chunk, so no lane walks masked
@@ -98,10 +99,11 @@
 //    log2(e) in registers and runs the recurrence step by step, 4 steps at a time: delta from the
 //    staged dt rows (dt_w in shared memory, odd row stride), then per state n one 16-byte
 //    broadcast load each of B_n and C_n for the 4 steps and 4 x (EX2, state update, C
-//    contraction). No segment scan, no shuffles: 8.7 PTX instructions per (t, n) step against
-//    10.9 .. 19.4 for the segment kernels (benchmarks/ptx_census.py), so the EX2s bound it, if the
-//    16 independent state chains hide the latency with few warps (B K D lanes: 16384 at stage 3
-//    and B 16, 4 warps per SM). The cost: the K directions run in different blocks, so HSS with
+//    contraction). No segment scan, no shuffles: 9.9 instructions per (t, n) step against 10.1 ..
+//    12.6 for the segment kernels (benchmarks/kernel_census.py, sm_90 SASS; the dt projection
+//    adds a little more per unit of R), with 16 independent state chains per thread instead of
+//    the segment scan's dependency chain through shuffles and shared memory, but few warps
+//    (B K D lanes: 16384 at stage 3 and B 16, 4 warps per SM). The cost: the K directions run in different blocks, so HSS with
 //    K > 1 writes one fp32 (B, D, L) slice per direction and sum_slices_kernel adds them in k
 //    order (deterministic; K + 1 times the output's memory, 2 K B D L x 4 bytes of extra traffic:
 //    0.18 ms at stage 3). 16-bit outputs go through an fp32 buffer. The checkpoints for the

@@ -130,13 +130,15 @@ void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, const LaunchOptions& o
       } else if (a.L <= 128) {
         done = try_fwd<T, A, 16, 8, 16>(a, x, limit);
       } else {
-        // 16 lanes x 16 steps per channel issue 12.4 instructions per (t, n) step against 19.4 for
-        // 32 x 8 (benchmarks/ptx_census.py: one shuffle level less, over twice the steps), but
-        // hold twice the channels per block: take them while that still gives most SMs a block
-        // (one 512-thread block fits an SM either way)
+        // 16 lanes x 16 steps per channel issue 10.6 instructions per (t, n) step against 12.6 for
+        // 32 x 8 (benchmarks/kernel_census.py, sm_90 SASS: one shuffle level less, over twice the
+        // steps), but hold twice the channels per block: take them while that still gives most
+        // SMs a block (one 512-thread block fits an SM either way) and the block's accumulator
+        // still fits shared memory (64 KB: L <= 512)
         constexpr int G16 = FwdKernel<T, A, 16, 16, 16>::G;
         const int64_t blocks = int64_t{a.B} * ((a.Dk + G16 - 1) / G16) * (a.grouped ? a.K : 1);
-        if (10 * blocks >= 9 * int64_t{sm_count(x)}) done = try_fwd<T, A, 16, 16, 16>(a, x, limit);
+        const bool acc_fits = int64_t{G16} * a.L * static_cast<int64_t>(sizeof(A)) <= 64 * 1024;
+        if (acc_fits && 10 * blocks >= 9 * int64_t{sm_count(x)}) done = try_fwd<T, A, 16, 16, 16>(a, x, limit);
         if (!done) done = try_fwd<T, A, 16, 32, 8>(a, x, limit);
       }
     }
