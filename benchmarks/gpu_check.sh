@@ -13,7 +13,7 @@
 #   TORCH_CUDA_ARCH_LIST    architectures to build (default 9.0: the H100; 8.0 for an A100)
 #   MAX_JOBS                parallel compile jobs (default: the number of CPUs)
 #   GPU_CHECK_DEADLINE_S    total time budget in seconds (default 570); later steps get what is left
-#   GPU_CHECK_TESTS         test files (default: tests/test_parity.py tests/test_cuda.py)
+#   GPU_CHECK_TESTS         test files (default: tests/test_parity.py tests/test_cuda.py tests/test_triton.py)
 #   GPU_CHECK_BUILD         0: use the extension as already built (no build step)
 #   GPU_CHECK_BENCH         0: skip the benchmark
 #   GPU_CHECK_PROFILE       1: also run Nsight Compute (ncu) on the scan kernels at one stage
@@ -40,7 +40,7 @@ export PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 NPROC="$(nproc 2>/dev/null || echo 4)"
 export MAX_JOBS="${MAX_JOBS:-$NPROC}"
-TESTS="${GPU_CHECK_TESTS:-tests/test_parity.py tests/test_cuda.py}"
+TESTS="${GPU_CHECK_TESTS:-tests/test_parity.py tests/test_cuda.py tests/test_triton.py}"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 # the interpreter: $PYTHON, else the first of python3 / python that imports torch
