@@ -150,6 +150,7 @@ EMU_CASES = [
     ("lanes-k1-r33-channels_last", dict(b=2, d=6, h=9, w=7, n=16, r=33, k=1, layout="channels_last",
                                         config=2)),
     ("lanes-d130-groups", dict(b=1, d=130, h=4, w=4, n=16, r=2, k=2, method="zigzag", config=2)),
+    ("lanes-L1", dict(b=2, d=4, h=1, w=1, n=16, r=2, k=8, config=2)),
 ]
 
 
