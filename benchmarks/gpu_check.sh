@@ -18,6 +18,8 @@
 #   GPU_CHECK_BENCH         0: skip the benchmark
 #   GPU_CHECK_PROFILE       1: also run Nsight Compute (ncu) on the scan kernels at one stage
 #   GPU_CHECK_PROFILE_STAGE the MambaAD decoder stage to profile, 0 .. 3 (default 3: 64 x 64)
+#   GPU_CHECK_MODEL         1: also time the whole MambaAD model (model_bench.py, B 16, 256 px, every
+#                           scan path and the authors' path; forward and train step)
 #   GPU_CHECK_WHERE         0: skip the where-the-time-goes steps after the benchmark (kernel_time.py:
 #                           device vs wall time per call and the longest kernels; host_overhead.py:
 #                           the host's time per call by entry point)
@@ -26,7 +28,8 @@
 # background at the same time, for the authors'-path baseline of the benchmark.
 # Outputs: env.txt, build.log, kernels.txt (registers / spills per kernel), tests.log,
 # junit.xml, mamba_ssm_build.log, scan_bench.log, scan_bench.json, profile.log (if asked),
-# kernel_time.log / .json, host_overhead.log / .json, summary.txt. Exit status: the build's if it failed, else the tests'.
+# kernel_time.log / .json, host_overhead.log / .json, model_bench.log / .json (if asked),
+# summary.txt. Exit status: the build's if it failed, else the tests'.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -223,6 +226,12 @@ if [[ "${GPU_CHECK_WHERE:-1}" == "1" ]]; then
         --rounds 9 --calls 100 --json "$OUT/host_overhead.json"
 fi
 
+# ---- 5c. optional: the whole model on the GPU (GPU_CHECK_MODEL=1) ------------------------------------
+if [[ "${GPU_CHECK_MODEL:-0}" == "1" ]]; then
+    step model_bench 150 "$OUT/model_bench.log" "$PY" benchmarks/model_bench.py --device cuda \
+        --batch 16 --paths auto authors --json "$OUT/model_bench.json"
+fi
+
 # ---- 6. summary ----------------------------------------------------------------------------------------
 {
     echo
@@ -238,6 +247,7 @@ fi
     echo "--- where the time goes:"
     grep -v "^\[gpu_check\]" "$OUT/kernel_time.log" 2>/dev/null
     grep -v "^\[gpu_check\]" "$OUT/host_overhead.log" 2>/dev/null
+    tail -n 12 "$OUT/model_bench.log" 2>/dev/null
 } | tee -a "$OUT/summary_full.txt"
 # exit status: the build's if it failed, else the tests' (the benchmark's is in the summary)
 ((BUILD_RC != 0)) && exit "$BUILD_RC"
