@@ -198,7 +198,8 @@ if [[ -n "$MAMBA_PID" ]]; then
     echo "[gpu_check] waiting for the mamba-ssm build (at most until 150 s before the deadline)"
     while kill -0 "$MAMBA_PID" 2> /dev/null && (($(left) > 150)); do sleep 2; done
     if kill -0 "$MAMBA_PID" 2> /dev/null; then
-        echo "[gpu_check] mamba-ssm build still running: benchmarking without it"
+        echo "[gpu_check] mamba-ssm build still running: stopped, benchmarking without it"
+        pkill -TERM -P "$MAMBA_PID" 2> /dev/null  # timeout passes the signal on to the build
         printf '%-14s TIMED OUT (benchmark ran without it)\n' "mamba_ssm" >> "$SUMMARY"
     else
         printf '%-14s %s\n' "mamba_ssm" "$(tail -n 1 "$OUT/mamba_ssm_build.log")" >> "$SUMMARY"
