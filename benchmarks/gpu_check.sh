@@ -17,7 +17,8 @@
 #   GPU_CHECK_BUILD         0: use the extension as already built (no build step)
 #   GPU_CHECK_BENCH         0: skip the benchmark
 #   GPU_CHECK_PROFILE       1: also run Nsight Compute (ncu) on the scan kernels at one stage
-#   GPU_CHECK_PROFILE_STAGE the MambaAD decoder stage to profile, 0 .. 3 (default 3: 64 x 64)
+#   GPU_CHECK_PROFILE_STAGE the MambaAD decoder stage to profile, 0 .. 3 (default 3: 64 x 64);
+#                           MAMBAAD_CUDA_FWD=lanes profiles the lane-sequential forward instead
 #   GPU_CHECK_MODEL         1: also time the whole MambaAD model (model_bench.py, B 16, 256 px, every
 #                           scan path and the authors' path; forward and train step)
 #   GPU_CHECK_WHERE         0: skip the where-the-time-goes steps after the benchmark (kernel_time.py:
@@ -185,7 +186,7 @@ mk.hss_scan(x, *params, backend="cuda").sum().backward()
 torch.cuda.synchronize()
 print("profiled stage", stage, ": B 16, D", d, ", H = W =", hw, ", R", r, ", K 8, N 16, fp32")
 '
-    step profile 150 "$OUT/profile.log" ncu --target-processes all -k "regex:hss_(fwd|bwd)_kernel" \
+    step profile 150 "$OUT/profile.log" ncu --target-processes all -k "regex:hss_(fwd|bwd|fwd_lanes)_kernel" \
         -c 2 --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
         "$PY" -c "$PROFILE_PY"
