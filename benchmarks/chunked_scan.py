@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mambaad_kernels.paths import inverse_paths, scan_paths
-from mambaad_kernels.reference import cross_merge, cross_scan
+from mambaad_kernels.reference import merge_sequences, project_sequences
 
 
 def default_chunk(length: int) -> int:
@@ -119,23 +118,14 @@ def chunked_hss_scan(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, 
     Returns:
         ``(B, D, H, W)`` in x's dtype, differentiable by autograd.
     """
-    b, d, h, w = x.shape
+    b, _, h, w = x.shape
     k = directions
     n = A_logs.shape[1]
-    r = dt_projs_weight.shape[2]
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xs = cross_scan(x.to(ct), method, k)  # (b, k, d, l)
-    if grouped:
-        d = d // k
-        xs = torch.stack([xs[:, i, i * d:(i + 1) * d] for i in range(k)], 1)  # (b, k, dk, l)
-    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight.to(ct))  # (b, k, r + 2n, l)
-    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)  # (b, k, r, l), (b, k, n, l) x2
-    z = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight.to(ct))  # (b, k, d, l)
+    xs, z, bs, cs = project_sequences(x.to(ct), x_proj_weight.to(ct), dt_projs_weight.to(ct), method,
+                                      k, grouped)  # (b, k, d, l) x2, (b, k, n, l) x2; d = Dk
+    d = xs.shape[2]
     delta = F.softplus(z + dt_projs_bias.to(ct)[None, :, :, None])  # (b, k, d, l)
     A = -torch.exp(A_logs.to(ct)).view(k, d, n)  # (k, d, n)
     y = chunked_selective_scan(xs, delta, A, bs, cs, Ds.to(ct).view(k, d), chunk)  # (b, k, d, l)
-    if grouped:
-        inv = inverse_paths(scan_paths(h, w, method, k, x.device))  # (k, l)
-        back = torch.gather(y, 3, inv[None, :, None, :].expand(b, -1, d, -1))  # (b, k, dk, l)
-        return back.reshape(b, k * d, h, w).to(x.dtype)  # group k on channels k dk .. (k + 1) dk
-    return cross_merge(y, h, w, method).to(x.dtype)  # (b, d, h, w)
+    return merge_sequences(y, h, w, method, grouped).to(x.dtype)  # (b, D, h, w)

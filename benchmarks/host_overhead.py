@@ -33,22 +33,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import floors  # noqa: E402
+import scan_bench  # noqa: E402
 
 import mambaad_kernels as mk  # noqa: E402
 from mambaad_kernels import fused  # noqa: E402
 from mambaad_kernels.backends import resolve_backend  # noqa: E402
 
 
-def make_inputs(device: str, b: int = 1, d: int = 8, hw: int = 4, n: int = 4, r: int = 2, k: int = 8,
-                seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, d, hw, hw, generator=gen)
-    params = [torch.randn(k, r + 2 * n, d, generator=gen) * d ** -0.5,
-              torch.randn(k, d, r, generator=gen) * r ** -0.5,
-              torch.rand(k, d, generator=gen) - 4.0,
-              torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * d, 1),
-              torch.ones(k * d)]
-    return x.to(device), [p.to(device) for p in params]
+def make_inputs(device: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x (1, 8, 4, 4) and SS2D-initialised parameters (K 8, N 4, R 2): kernels with nothing to do."""
+    shape = floors.ScanShape(1, 8, 4, 4, k=8, n=4, r=2)
+    return scan_bench.make_inputs(shape, torch.float32, torch.device(device), seed=0)
 
 
 def _never(tensors) -> bool:

@@ -161,15 +161,8 @@ def hss_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, metho
     b, d, h, w = x.shape
     k = directions
     ct = _compute_dtype(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    n = A_logs.shape[1]
-    r = dt_projs_weight.shape[2]
-    xs = cross_scan(x.to(ct), method, k)  # (b, k, d, l)
-    if grouped:
-        dk = d // k
-        xs = torch.stack([xs[:, i, i * dk:(i + 1) * dk] for i in range(k)], 1)  # (b, k, dk, l)
-    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight.to(ct))  # (b, k, r + 2n, l)
-    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)  # (b, k, r, l), (b, k, n, l) x2
-    dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight.to(ct))  # (b, k, dk, l)
+    xs, dts, bs, cs = project_sequences(x.to(ct), x_proj_weight.to(ct), dt_projs_weight.to(ct), method,
+                                        k, grouped)
     out = selective_scan(
         xs.flatten(1, 2),  # (b, k * dk, l)
         dts.flatten(1, 2),  # (b, k * dk, l)
@@ -179,10 +172,42 @@ def hss_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, metho
         delta_bias=dt_projs_bias.to(ct).flatten(),  # (k * dk,)
         delta_softplus=True,
     ).view(b, k, -1, h * w)  # (b, k, dk, l)
+    return merge_sequences(out, h, w, method, grouped).to(x.dtype)  # (b, d, h, w)
+
+
+def project_sequences(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+                      method: str, directions: int, grouped: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The K sequences of an HSS / GSS scan and their projections, in x's dtype.
+
+    Args:
+        x: ``(B, D, H, W)``; x_proj_weight ``(K, R + 2N, Dk)``; dt_projs_weight ``(K, Dk, R)``.
+
+    Returns:
+        xs ``(B, K, Dk, L)`` (direction k's sequence; GSS: of channel group k), the delta
+        pre-activation ``(B, K, Dk, L)`` (dt_proj, without bias or softplus), B and C
+        ``(B, K, N, L)``.
+    """
+    b, d, h, w = x.shape
+    k = directions
+    r = dt_projs_weight.shape[2]
+    n = (x_proj_weight.shape[1] - r) // 2
+    xs = cross_scan(x, method, k)  # (b, k, d, l)
     if grouped:
-        inv = inverse_paths(scan_paths(h, w, method, k, x.device))  # (k, l)
-        back = torch.gather(out, 3, inv[None, :, None, :].expand(b, -1, out.shape[2], -1))
-        y = back.reshape(b, d, h, w)  # (b, d, h, w): group k on channels k*dk .. (k+1)*dk
-    else:
-        y = cross_merge(out, h, w, method)  # (b, d, h, w)
-    return y.to(x.dtype)
+        dk = d // k
+        xs = torch.stack([xs[:, i, i * dk:(i + 1) * dk] for i in range(k)], 1)  # (b, k, dk, l)
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)  # (b, k, r + 2n, l)
+    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)  # (b, k, r, l), (b, k, n, l) x2
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)  # (b, k, dk, l)
+    return xs, dts, bs, cs
+
+
+def merge_sequences(y: torch.Tensor, h: int, w: int, method: str, grouped: bool) -> torch.Tensor:
+    """Per-direction outputs ``(B, K, Dk, L)`` back on the grid, ``(B, D, H, W)``: summed over the
+    K directions (HSS), or group k written to its own channels k Dk .. (k + 1) Dk (GSS)."""
+    b, k, dk, _ = y.shape
+    if grouped:
+        inv = inverse_paths(scan_paths(h, w, method, k, y.device))  # (k, l)
+        back = torch.gather(y, 3, inv[None, :, None, :].expand(b, -1, dk, -1))  # (b, k, dk, l)
+        return back.reshape(b, k * dk, h, w)
+    return cross_merge(y, h, w, method)  # (b, dk, h, w)

@@ -279,6 +279,13 @@ def test_meta_tensors_give_shapes(C):
     assert out.shape == (2, 8, 150) and states.shape == (2, 4, 8, 3, 4) and states.dtype == F32
 
 
+def _run_python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter from the repository root; it must exit 0."""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr
+
+
 @pytest.mark.parametrize("first", ["_C", "fused"])
 def test_library_and_python_fragment_coexist(C, first):
     """TORCH_LIBRARY(mambaad) in C++ and the Python custom ops of the same namespace, either first."""
@@ -290,9 +297,7 @@ def test_library_and_python_fragment_coexist(C, first):
             "import mambaad_kernels as mk\nx = torch.randn(1, 4, 3, 3)\n"
             "from tests.parity import make_params\np = make_params(4, 4, 1, 8, False, 'cpu')\n"
             "mk.hss_scan(x, *p, backend='cpu').sum()\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert res.returncode == 0, res.stderr
+    _run_python(code)
 
 
 def test_fakes_registered_by_the_extension(C):
@@ -306,9 +311,7 @@ def test_fakes_registered_by_the_extension(C):
             "        torch.empty(16, 4), torch.empty(16), torch.empty(2, 130, dtype=torch.int32),\n"
             "        False, True)\n"
             "assert tuple(st.shape) == (1, 2, 8, 3, 4), st.shape\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert res.returncode == 0, res.stderr
+    _run_python(code)
 
 
 def _cuobjdump() -> str | None:

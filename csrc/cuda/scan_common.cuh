@@ -152,5 +152,34 @@ MAMBAAD_DEV A log2e() { return A(1.4426950408889634); }
 template <typename A>
 MAMBAAD_DEV A ln2() { return A(0.6931471805599453); }
 
+// The per-channel parameters of direction k for the G channels dbase .. dbase + G - 1 into shared
+// memory, zero past Dk and in the padding of a row: dt_w rows (stride RP), A_n log2(e) (stride
+// NP), the dt bias and D. The kernel's per-channel accumulators are zeroed in the same passes:
+// zr (stride RP), zn0 and zn1 (stride NP); a null one is skipped.
+template <int G, int NT, typename A, typename Args>
+MAMBAAD_DEV void load_channel_params(const Args& p, int k, int dbase, int RP, int NP, A* dtw_s,
+                                     A* a2_s, A* dtb_s, A* ds_s, A* zr, A* zn0, A* zn1) {
+  for (int e = dev::tid(); e < G * RP; e += NT) {
+    const int cl = e / RP, r = e % RP, d = dbase + cl;
+    const bool v = d < p.Dk && r < p.R;
+    *MAMBAAD_SMEM(dtw_s + e, 1) = v ? p.dtw[(static_cast<int64_t>(k) * p.Dk + d) * p.R + r] : A(0);
+    if (zr != nullptr) *MAMBAAD_SMEM(zr + e, 1) = A(0);
+  }
+  for (int e = dev::tid(); e < G * NP; e += NT) {
+    const int cl = e / NP, n = e % NP, d = dbase + cl;
+    const bool v = d < p.Dk && n < p.N;
+    const int64_t row = static_cast<int64_t>(k) * p.Dk + d;
+    *MAMBAAD_SMEM(a2_s + e, 1) = v ? -acc_exp(p.alog[row * p.N + n]) * log2e<A>() : A(0);
+    if (zn0 != nullptr) *MAMBAAD_SMEM(zn0 + e, 1) = A(0);
+    if (zn1 != nullptr) *MAMBAAD_SMEM(zn1 + e, 1) = A(0);
+  }
+  for (int cl = dev::tid(); cl < G; cl += NT) {
+    const int d = dbase + cl;
+    const int64_t row = static_cast<int64_t>(k) * p.Dk + d;
+    *MAMBAAD_SMEM(dtb_s + cl, 1) = d < p.Dk ? p.dtb[row] : A(0);
+    *MAMBAAD_SMEM(ds_s + cl, 1) = d < p.Dk ? p.ds[row] : A(0);
+  }
+}
+
 }  // namespace scan
 }  // namespace mambaad

@@ -106,24 +106,8 @@ struct FwdKernel {
 
   // Per-channel parameters of direction k; the scan of each channel restarts from h = 0.
   MAMBAAD_DEV void load_params(int k) const {
-    for (int e = dev::tid(); e < G * RP; e += NT) {
-      const int cl = e / RP, r = e % RP, d = dbase + cl;
-      const bool v = d < p.Dk && r < p.R;
-      *MAMBAAD_SMEM(dtw_s + e, 1) = v ? p.dtw[(static_cast<int64_t>(k) * p.Dk + d) * p.R + r] : A(0);
-    }
-    for (int e = dev::tid(); e < G * NP; e += NT) {
-      const int cl = e / NP, n = e % NP, d = dbase + cl;
-      const bool v = d < p.Dk && n < p.N;
-      const int64_t row = static_cast<int64_t>(k) * p.Dk + d;
-      *MAMBAAD_SMEM(a2_s + e, 1) = v ? -acc_exp(p.alog[row * p.N + n]) * log2e<A>() : A(0);
-      *MAMBAAD_SMEM(carry_s + e, 1) = A(0);
-    }
-    for (int cl = dev::tid(); cl < G; cl += NT) {
-      const int d = dbase + cl;
-      const int64_t row = static_cast<int64_t>(k) * p.Dk + d;
-      *MAMBAAD_SMEM(dtb_s + cl, 1) = d < p.Dk ? p.dtb[row] : A(0);
-      *MAMBAAD_SMEM(ds_s + cl, 1) = d < p.Dk ? p.ds[row] : A(0);
-    }
+    load_channel_params<G, NT>(p, k, dbase, RP, NP, dtw_s, a2_s, dtb_s, ds_s, static_cast<A*>(nullptr),
+                               carry_s, static_cast<A*>(nullptr));
   }
 
   // The scan of one chunk for this lane's channel: TI consecutive steps per lane, LPC lanes per

@@ -64,6 +64,33 @@ inline ScanGeometry check_args(const char* op, const at::Tensor& x, const at::Te
 // A tensor in the accumulation type, contiguous (no copy when it already is).
 inline at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
 
+// The fields FwdArgs and BwdArgs share: x, the projection, the parameters in the accumulation type
+// (contiguous), the paths and the geometry.
+template <typename T, typename A, typename Args>
+void set_common(Args& a, const at::Tensor& x, const at::Tensor& x_dbl, const at::Tensor& w,
+                const at::Tensor& bsv, const at::Tensor& al, const at::Tensor& dsv,
+                const at::Tensor& paths, const ScanGeometry& g, int64_t ns, bool grouped) {
+  a.x = x.data_ptr<T>();
+  a.sxb = x.stride(0);
+  a.sxd = x.stride(1);
+  a.sxl = x.stride(2);
+  a.xdbl = x_dbl.data_ptr<A>();
+  a.dtw = w.data_ptr<A>();
+  a.dtb = bsv.data_ptr<A>();
+  a.alog = al.data_ptr<A>();
+  a.ds = dsv.data_ptr<A>();
+  a.paths = paths.data_ptr<int32_t>();
+  a.B = static_cast<int>(g.B);
+  a.D = static_cast<int>(g.D);
+  a.L = static_cast<int>(g.L);
+  a.K = static_cast<int>(g.K);
+  a.Dk = static_cast<int>(g.Dk);
+  a.R = static_cast<int>(g.R);
+  a.N = static_cast<int>(g.N);
+  a.NS = static_cast<int>(ns);
+  a.grouped = grouped;
+}
+
 // ---- device properties ---------------------------------------------------------------------------
 #if defined(MAMBAAD_EMU)
 inline int64_t smem_limit(const at::Tensor&) {
@@ -130,7 +157,7 @@ void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, const LaunchOptions& o
       } else if (a.L <= 128) {
         done = try_fwd<T, A, 16, 8, 16>(a, x, limit);
       } else {
-        // 16 lanes x 16 steps per channel issue 10.6 instructions per (t, n) step against 12.6 for
+        // 16 lanes x 16 steps per channel issue 9.6 instructions per (t, n) step against 12.6 for
         // 32 x 8 (benchmarks/kernel_census.py, sm_90 SASS: one shuffle level less, over twice the
         // steps), but hold twice the channels per block: take them while that still gives most
         // SMs a block (one 512-thread block fits an SM either way) and the block's accumulator
@@ -157,26 +184,7 @@ void run_fwd_lanes(const FwdArgs<T, float>& f, const at::Tensor& x, at::Tensor& 
   const int64_t limit = smem_limit(x);
   TORCH_CHECK(smem <= limit, "mambaad::scan_fwd (cuda, lanes): R = ", f.R, " needs ", smem,
               " bytes of shared memory, the device has ", limit);
-  LanesArgs<T> a{};
-  a.x = f.x;
-  a.sxb = f.sxb;
-  a.sxd = f.sxd;
-  a.sxl = f.sxl;
-  a.xdbl = f.xdbl;
-  a.dtw = f.dtw;
-  a.dtb = f.dtb;
-  a.alog = f.alog;
-  a.ds = f.ds;
-  a.paths = f.paths;
-  a.states = f.states;
-  a.B = f.B;
-  a.D = f.D;
-  a.L = f.L;
-  a.K = f.K;
-  a.Dk = f.Dk;
-  a.R = f.R;
-  a.NS = f.NS;
-  a.grouped = f.grouped;
+  LanesArgs<T> a{f};
   a.slices = !f.grouped && f.K > 1;
   const int64_t n = int64_t{f.B} * f.D * f.L;
   at::Tensor out32 = std::is_same_v<T, float> ? out : alloc_output({f.B, f.D, f.L}, at::kFloat, x.device());
@@ -234,27 +242,9 @@ inline std::tuple<at::Tensor, at::Tensor> scan_fwd_impl(
     using T = scalar_t;
     using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
     FwdArgs<T, A> a{};
-    a.x = x.data_ptr<T>();
-    a.sxb = x.stride(0);
-    a.sxd = x.stride(1);
-    a.sxl = x.stride(2);
-    a.xdbl = x_dbl.data_ptr<A>();
-    a.dtw = w.data_ptr<A>();
-    a.dtb = bsv.data_ptr<A>();
-    a.alog = al.data_ptr<A>();
-    a.ds = dsv.data_ptr<A>();
-    a.paths = paths.data_ptr<int32_t>();
+    set_common<T, A>(a, x, x_dbl, w, bsv, al, dsv, paths, g, ns, grouped);
     a.out = out.data_ptr<T>();
     a.states = states.data_ptr<A>();
-    a.B = static_cast<int>(g.B);
-    a.D = static_cast<int>(g.D);
-    a.L = static_cast<int>(g.L);
-    a.K = static_cast<int>(g.K);
-    a.Dk = static_cast<int>(g.Dk);
-    a.R = static_cast<int>(g.R);
-    a.N = static_cast<int>(g.N);
-    a.NS = static_cast<int>(ns);
-    a.grouped = grouped;
     a.x_channels_fast = x.stride(1) == 1 && g.D > 1;
     forward<T, A>(a, x, out, opt);
   });
@@ -373,31 +363,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
     a.sgb = dout.stride(0);
     a.sgd = dout.stride(1);
     a.sgl = dout.stride(2);
-    a.x = x.data_ptr<T>();
-    a.sxb = x.stride(0);
-    a.sxd = x.stride(1);
-    a.sxl = x.stride(2);
-    a.xdbl = x_dbl.data_ptr<A>();
+    set_common<T, A>(a, x, x_dbl, w, bsv, al, dsv, paths, g, states.size(3), grouped);
     a.states = states.data_ptr<A>();
-    a.dtw = w.data_ptr<A>();
-    a.dtb = bsv.data_ptr<A>();
-    a.alog = al.data_ptr<A>();
-    a.ds = dsv.data_ptr<A>();
-    a.paths = paths.data_ptr<int32_t>();
     A* pb = pbuf.data_ptr<A>();
     a.p_dtw = pb;
     a.p_dA = a.p_dtw + g.B * kd * g.R;
     a.p_db = a.p_dA + g.B * kd * g.N;
     a.p_dD = a.p_db + g.B * kd;
-    a.B = static_cast<int>(g.B);
-    a.D = static_cast<int>(g.D);
-    a.L = static_cast<int>(g.L);
-    a.K = static_cast<int>(g.K);
-    a.Dk = static_cast<int>(g.Dk);
-    a.R = static_cast<int>(g.R);
-    a.N = static_cast<int>(g.N);
-    a.NS = static_cast<int>(states.size(3));
-    a.grouped = grouped;
     a.g_channels_fast = dout.stride(1) == 1 && g.D > 1;
     BwdWork<A> work;
     run_bwd<T, A>(a, x, deterministic, dx, dx_dbl, work, opt);

@@ -1,33 +1,24 @@
 // The lane-sequential forward kernel (experimental, opt-in: MAMBAAD_CUDA_FWD=lanes; design in
 // scan.cu, section 7). One thread per (b, k, channel) walks the whole sequence with its 16 states
 // in registers: no scan across lanes and no shuffles, 16 independent state chains per thread
-// (benchmarks/kernel_census.py counts 9.9 instructions per (t, n) step in sm_90 SASS, against 10.1
+// (benchmarks/kernel_census.py counts 9.9 instructions per (t, n) step in sm_90 SASS, against 9.1
 // to 12.6 for the segment kernels). The K directions
 // run in different blocks, so HSS writes one (B, D, L) slice per direction, summed in k order
 // afterwards (deterministic; K times the output in extra memory).
 #pragma once
 
-#include "scan_common.cuh"
+#include "scan_fwd.cuh"
 
 namespace mambaad {
 namespace scan {
 
 constexpr int kLanesN = 16;  // the state size this kernel holds in registers (MambaAD's d_state)
 
+// The forward's arguments (scan_fwd.cuh; out, acc and the segment kernels' flags unused) and where
+// this kernel writes y.
 template <typename T>
-struct LanesArgs {
-  const T* x;             // (B, D, L), element strides sxb, sxd, sxl
-  int64_t sxb, sxd, sxl;
-  const float* xdbl;      // (B, K, C2, L) contiguous, C2 = R + 2 * 16
-  const float* dtw;       // (K, Dk, R)
-  const float* dtb;       // (K, Dk)
-  const float* alog;      // (K * Dk, 16)
-  const float* ds;        // (K * Dk)
-  const int32_t* paths;   // (K, L)
+struct LanesArgs : FwdArgs<T, float> {
   float* y;               // slices: (K, B, D, L), direction k's y; else (B, D, L), the output
-  float* states;          // (B, K, Dk, NS, 16): the state before step s * kStateChunk
-  int B, D, L, K, Dk, R, NS;
-  int grouped;
   int slices;             // y holds one slice per direction (HSS with K > 1)
 };
 
