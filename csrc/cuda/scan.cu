@@ -103,11 +103,12 @@
 //    12.6 for the segment kernels (benchmarks/kernel_census.py, sm_90 SASS; the dt projection
 //    adds a little more per unit of R), with 16 independent state chains per thread instead of
 //    the segment scan's dependency chain through shuffles and shared memory, but few warps
-//    (B K D lanes: 16384 at stage 3 and B 16, 4 warps per SM). The cost: the K directions run in different blocks, so HSS with
-//    K > 1 writes one fp32 (B, D, L) slice per direction and sum_slices_kernel adds them in k
-//    order (deterministic; K + 1 times the output's memory, 2 K B D L x 4 bytes of extra traffic:
-//    0.18 ms at 3 TB/s at stage 3, computed). 16-bit outputs go through an fp32 buffer. The checkpoints for the
-//    backward are the same (the state before every 128th step), so the backward is unchanged.
+//    (B K D lanes: 16384 at stage 3 and B 16, 4 warps per SM). The cost: the K directions run in
+//    different blocks, so HSS with K > 1 writes one fp32 (B, D, L) slice per direction and
+//    sum_slices_kernel adds them in k order (deterministic; K + 1 times the output's memory,
+//    2 K B D L x 4 bytes of extra traffic: 0.18 ms at 3 TB/s at stage 3, computed). 16-bit outputs
+//    go through an fp32 buffer. The checkpoints for the backward are the same (the state before
+//    every 128th step), so the backward is unchanged.
 //
 // Floors at MambaAD's decoder stages (B 16, N 16, K 8, fp32, R = D / 32). Assumed H100 SXM: 132 SMs
 // at 1.755 GHz, MUFU 16 ex2 per SM per clock = 3.71e12 exp/s; HBM 3.0 TB/s. Bytes that must move:
