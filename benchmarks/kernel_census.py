@@ -151,7 +151,8 @@ def parse_sass(text: str) -> list[Kernel]:
 
 def _mix(ops: list[str], fmt: str) -> dict:
     return {"instructions": len(ops),
-            **{kind: sum(1 for op in ops if op.startswith(prefixes)) for kind, prefixes in KINDS[fmt].items()}}
+            **{kind: sum(1 for op in ops if op.startswith(prefixes))
+               for kind, prefixes in KINDS[fmt].items()}}
 
 
 def _innermost(loops: list[tuple[int, int]]) -> list[tuple[int, int]]:

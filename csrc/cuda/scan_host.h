@@ -165,7 +165,9 @@ void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, const LaunchOptions& o
         constexpr int G16 = FwdKernel<T, A, 16, 16, 16>::G;
         const int64_t blocks = int64_t{a.B} * ((a.Dk + G16 - 1) / G16) * (a.grouped ? a.K : 1);
         const bool acc_fits = int64_t{G16} * a.L * static_cast<int64_t>(sizeof(A)) <= 64 * 1024;
-        if (acc_fits && 10 * blocks >= 9 * int64_t{sm_count(x)}) done = try_fwd<T, A, 16, 16, 16>(a, x, limit);
+        if (acc_fits && 10 * blocks >= 9 * int64_t{sm_count(x)}) {
+          done = try_fwd<T, A, 16, 16, 16>(a, x, limit);
+        }
         if (!done) done = try_fwd<T, A, 16, 32, 8>(a, x, limit);
       }
     }
@@ -203,7 +205,8 @@ void run_fwd_lanes(const FwdArgs<T, float>& f, const at::Tensor& x, at::Tensor& 
     SumArgs<float> sum{};
     sum.seg[0] = SumSegment<float>{a.y, out32.data_ptr<float>(), n, f.K};
     sum.nseg = 1;
-    launch_sum<float>(sum, n, static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{8} * sm_count(x))));
+    const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t{8} * sm_count(x));
+    launch_sum<float>(sum, n, static_cast<unsigned>(blocks));
   }
   if constexpr (!std::is_same_v<T, float>) out.copy_(out32);
 }
