@@ -17,7 +17,7 @@ from .bottleneck import HFPN, ScaleFusion
 from .config import MambaADConfig
 from .decoder import LSSModule, MambaDecoder, PatchExpand
 from .mmad import DMF
-from .model import MambaAD, checkpoint_filter_fn, load_pretrained
+from .model import MambaAD, checkpoint_filter_fn, checkpoint_naming, load_pretrained
 from .registry import create_model, list_models, register_block, register_bottleneck, register_model
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "ScaleFusion",
     "anomaly_map",
     "checkpoint_filter_fn",
+    "checkpoint_naming",
     "create_model",
     "gaussian_blur",
     "list_models",

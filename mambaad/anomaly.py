@@ -1,14 +1,17 @@
 """What MambaAD computes from encoder and decoder features: the anomaly map and the loss.
 
-Anomaly map (the authors' evaluator): per scale ``1 - cos(f_enc, f_dec)`` over channels, bilinear
-upsample (align_corners=True) to the input size, sum over the scales, Gaussian blur with sigma 4.
-The authors divide the sum by 9 (3 scales x the sum of 3 unit weights); a constant factor that
-changes no metric, so it is left out here. The blur reproduces ``scipy.ndimage.gaussian_filter``:
-kernel radius ``int(4 * sigma + 0.5)`` (size 33 for sigma 4), half-sample symmetric borders.
+Anomaly map, on the authors' scale (ADer's ``cal_anomaly_map``, mode ``add``): per scale
+``1 - cos(f_enc, f_dec)`` over channels, bilinear upsample (align_corners=True) to the input size,
+the weighted sum over the scales divided by ``len(scales) * sum(weights)`` (9 for MambaAD's three
+scales with unit weights), Gaussian blur with sigma 4; so a map value, an image score or a
+threshold from the authors' evaluation means the same here. The blur reproduces
+``scipy.ndimage.gaussian_filter``: kernel radius ``int(4 * sigma + 0.5)`` (size 33 for sigma 4),
+half-sample symmetric borders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -85,27 +88,33 @@ def _check_pairs(enc_feats: list[Tensor], dec_feats: list[Tensor], what: str) ->
 
 
 def anomaly_map(enc_feats: list[Tensor], dec_feats: list[Tensor], size: tuple[int, int],
-                sigma: float = 4.0) -> Tensor:
-    """Per-pixel anomaly from the disagreement of encoder and decoder features.
+                sigma: float = 4.0, weights: Sequence[float] | None = None) -> Tensor:
+    """Per-pixel anomaly from the disagreement of encoder and decoder features (the authors' scale).
 
     Args:
         enc_feats: encoder features, a list of ``(B, C_i, H_i, W_i)``.
         dec_feats: decoder reconstructions, same shapes.
         size: ``(H, W)`` of the output (the input image's).
         sigma: Gaussian blur sigma (0: no blur).
+        weights: one weight per scale (default: all 1, as MambaAD).
 
     Returns:
-        ``(B, 1, H, W)`` float32 (float64 for float64 features): the sum over scales of the
-        upsampled ``1 - cos``, blurred.
+        ``(B, 1, H, W)`` float32 (float64 for float64 features): ``sum_i w_i a_i / (S * sum_i w_i)``
+        over the S scales, ``a_i`` the upsampled ``1 - cos``, then blurred.
     """
     _check_pairs(enc_feats, dec_feats, "anomaly_map")
+    weights = [1.0] * len(enc_feats) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(enc_feats) or sum(weights) <= 0:
+        raise ValueError(f"anomaly_map: need one weight per scale ({len(enc_feats)}) with a positive sum, "
+                         f"got {weights}")
     size = (int(size[0]), int(size[1]))
     dtype = torch.float64 if enc_feats[0].dtype == torch.float64 else torch.float32
     amap = None
-    for fe, fd in zip(enc_feats, dec_feats):
+    for w, fe, fd in zip(weights, enc_feats, dec_feats):
         a = 1 - F.cosine_similarity(fe.to(dtype), fd.to(dtype), dim=1)  # (b, h_i, w_i)
-        a = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=True)  # (b, 1, h, w)
+        a = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=True) * w  # (b, 1, h, w)
         amap = a if amap is None else amap + a
+    amap = amap / (len(weights) * sum(weights))  # (b, 1, h, w)
     return gaussian_blur(amap, sigma) if sigma > 0 else amap
 
 

@@ -13,6 +13,10 @@ A checkpoint (``torch.save`` of a dict, loadable with ``weights_only=True``) hol
 - written by ``mambaad eval``: ``thresholds`` (``{"image": {category: t, "all": t},
   "pixel": {...}}``, F1-max thresholds, score >= t is anomalous), ``map_range`` (the 0.1 and
   99.9 percentiles of the evaluated maps, for heat-map colours) and ``metrics``.
+
+Versions: 2 (this one) holds maps, scores and thresholds on the authors' scale (the sum over the
+three scales divided by 9, see :mod:`mambaad.anomaly`); version 1 held them undivided, so
+:func:`load_checkpoint` divides a version-1 checkpoint's ``thresholds`` and ``map_range`` by 9.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import torch
 import torch.nn as nn
 
 FORMAT = "mambaad-checkpoint"
-VERSION = 1
+VERSION = 2
+_V1_MAP_FACTOR = 9.0  # version 1's maps: the sum over 3 scales; version 2: that sum / (3 x 3 unit weights)
 
 
 class CheckpointError(ValueError):
@@ -65,7 +70,22 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     for key in ("model_name", "model_config", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    version = ckpt.get("version")
+    if version == 1:
+        _rescale_v1(ckpt)
+    elif version != VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {version!r}; this package reads 1 and {VERSION}")
     return ckpt
+
+
+def _rescale_v1(ckpt: dict[str, Any]) -> None:
+    """Bring a version-1 checkpoint's thresholds and map ranges to the authors' map scale."""
+    for kind in ckpt.get("thresholds", {}).values():
+        for name, value in kind.items():
+            kind[name] = value / _V1_MAP_FACTOR
+    for name, (lo, hi) in ckpt.get("map_range", {}).items():
+        ckpt["map_range"][name] = [lo / _V1_MAP_FACTOR, hi / _V1_MAP_FACTOR]
+    ckpt["version"] = VERSION
 
 
 def model_overrides(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,10 +106,10 @@ def build_model(ckpt: dict[str, Any], backend: str | None = None,
             training is not reused, it may not exist here, and every backend computes the same scan).
         device: where to put it.
     """
-    from . import create_model
+    from . import create_model, load_pretrained
 
     overrides = model_overrides(ckpt["model_config"])
     overrides["backend"] = backend
     model = create_model(ckpt["model_name"], **overrides)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    load_pretrained(model, ckpt["state_dict"], strict=True)
     return model.to(device).eval()

@@ -12,6 +12,7 @@ pred_score (B,))``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -29,6 +30,8 @@ from .config import MambaADConfig
 from .decoder import MambaDecoder
 from .encoders import build_encoder
 from .registry import get_bottleneck, register_model
+
+_log = logging.getLogger(__name__)
 
 
 class MambaAD(nn.Module):
@@ -130,7 +133,7 @@ _LAYER = r"^net_s\.layers_up\.(\d+)\."
 _MODULE = _LAYER + r"blocks\.(\d+)\."
 _STAGE = r"decoder.stages.\1."
 _LSS = _STAGE + r"lss.\2."
-_AUTHORS_RULES = [(re.compile(p), r) for p, r in (
+_COMMON_RULES = (
     (r"^mff_oce\.conv1\.", "bottleneck.down1.conv."),
     (r"^mff_oce\.bn1\.", "bottleneck.down1.bn."),
     (r"^mff_oce\.conv21\.", "bottleneck.lat2.conv."),
@@ -144,36 +147,90 @@ _AUTHORS_RULES = [(re.compile(p), r) for p, r in (
     (r"^mff_oce\.bn_layer\.", "bottleneck.oce."),
     (_LAYER + r"upsample\.", _STAGE + "upsample."),
     (_MODULE + r"smm_blocks\.", _LSS + "ssm."),
-    (_MODULE + r"conv1b([57])\.0\.", _LSS + r"local\3.pw_in."),
-    (_MODULE + r"conv1a([57])\.0\.", _LSS + r"local\3.pw_out."),
-    (_MODULE + r"conv([57])\3\.0\.", _LSS + r"local\3.dw."),
+    (_MODULE + r"conv1b5\.0\.", _LSS + "local5.pw_in."),
+    (_MODULE + r"conv1a5\.0\.", _LSS + "local5.pw_out."),
+    (_MODULE + r"conv55\.0\.", _LSS + "local5.dw."),
+    (_MODULE + r"conv77\.0\.", _LSS + "local7.dw."),
     (_MODULE + r"finalconv11\.", _LSS + "fuse."),
-)]
+)
+# the 1x1 convolutions around the 7x7 depthwise one: ADer names them conv1b3 / conv1a3 (its forward
+# runs conv1a3(conv77(conv1b3(x)))), the official repository conv1b7 / conv1a7
+_NAMING_RULES = {
+    "ader": ((_MODULE + r"conv1b3\.0\.", _LSS + "local7.pw_in."),
+             (_MODULE + r"conv1a3\.0\.", _LSS + "local7.pw_out.")),
+    "official": ((_MODULE + r"conv1b7\.0\.", _LSS + "local7.pw_in."),
+                 (_MODULE + r"conv1a7\.0\.", _LSS + "local7.pw_out.")),
+}
+_RULES = {name: [(re.compile(p), r) for p, r in _COMMON_RULES + rules] for name, rules in _NAMING_RULES.items()}
+_NAMING_MARKS = {"ader": re.compile(_MODULE + r"conv(1b3|1a3|33)\."),
+                 "official": re.compile(_MODULE + r"conv1[ab]7\.")}
+_ADER_UNUSED = re.compile(_MODULE + r"conv33\.")  # ADer's depthwise 3x3, defined but never run
 _SCAN_INDEX = re.compile(r"\.scans\.index_flat(_inv)?$")
-_UNUSED_BRANCH = re.compile(r"\.(conv1b3|conv1a3|conv33)\.")
 _OUR_PREFIXES = ("encoder.", "bottleneck.", "decoder.", "proj.")
+_AUTHORS_PREFIXES = ("net_t.", "mff_oce.", "net_s.")
+
+
+def _some(keys: list[str], most: int = 6) -> str:
+    return ", ".join(keys[:most]) + (f", ... ({len(keys)} in all)" if len(keys) > most else "")
+
+
+def checkpoint_naming(state_dict: Mapping[str, Tensor]) -> str:
+    """Which naming a MambaAD state dict uses: ``"ours"``, ``"ader"`` or ``"official"``.
+
+    ADer (``zhangzjn/ADer``, ``model/mambaad.py``) names the 1x1 convolutions of the 7x7 local branch
+    ``conv1b3`` / ``conv1a3`` and has an unused depthwise ``conv33``; the official repository
+    (``lewandofskee/MambaAD``) names them ``conv1b7`` / ``conv1a7``. Everything else is shared. A
+    leading ``module.`` (DDP) is ignored.
+
+    Raises:
+        ValueError: the keys mix namings or match none; the message lists the keys that decided it.
+    """
+    keys = [k.removeprefix("module.") for k in state_dict]
+    ours = [k for k in keys if k.startswith(_OUR_PREFIXES)]
+    authors = [k for k in keys if k.startswith(_AUTHORS_PREFIXES)]
+    if ours and authors:
+        raise ValueError(f"the state dict mixes this package's naming ({_some(ours)}) with the authors' "
+                         f"({_some(authors)})")
+    if ours:
+        return "ours"
+    if not authors:
+        raise ValueError("the state dict matches no MambaAD naming (keys under encoder./bottleneck./decoder. "
+                         f"or the authors' net_t./mff_oce./net_s.); its keys: {_some(keys)}")
+    marks = {name: [k for k in authors if mark.search(k)] for name, mark in _NAMING_MARKS.items()}
+    if marks["ader"] and marks["official"]:
+        raise ValueError("the state dict mixes ADer's naming of the 7x7 local branch "
+                         f"({_some(marks['ader'])}) with the official repository's ({_some(marks['official'])})")
+    for name, found in marks.items():
+        if found:
+            return name
+    raise ValueError("the authors' state dict has neither ADer's conv1b3 / conv1a3 nor the official "
+                     "conv1b7 / conv1a7 1x1 convolutions of the 7x7 local branch; its decoder keys: "
+                     f"{_some([k for k in authors if k.startswith('net_s.')] or authors)}")
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: MambaAD) -> dict[str, Tensor]:
-    """Map a state dict in the authors' MambaAD naming to this model's names.
+    """Map a MambaAD state dict in either of the authors' namings (or ours) to this model's names.
 
-    The authors' names (their ``model/mambaad.py``) -> ours:
+    The authors' names (``model/mambaad.py`` of ADer and of the official repository) -> ours:
 
-    - ``net_t.*`` (the timm features_only model) -> ``encoder.body.*``;
+    - ``net_t.*`` (the timm features_only model) -> ``encoder.body.*`` (``encoder.*`` for an
+      encoder without a ``body``);
     - ``mff_oce.{conv1,bn1}``, ``{conv21,bn21}``, ``{conv2,bn2}``, ``{conv31,bn31}``, ``{convf,bnf}``
       -> ``bottleneck.{down1,lat2,down2,lat3,fuse}.{conv,bn}``;
     - ``mff_oce.bn_layer.{i}`` (timm Bottlenecks) -> ``bottleneck.oce.{i}``;
     - ``net_s.layers_up.{i}.upsample.{expand,norm}`` -> ``decoder.stages.{i}.upsample.*``;
     - ``net_s.layers_up.{i}.blocks.{j}.`` -> ``decoder.stages.{i}.lss.{j}.`` and inside it
       ``smm_blocks.{b}.*`` -> ``ssm.{b}.*`` (HSS blocks: ``ln_1``, ``self_attention.*`` unchanged),
-      ``conv1b{k}.0`` / ``conv{k}{k}.0`` / ``conv1a{k}.0`` -> ``local{k}.pw_in`` / ``dw`` / ``pw_out``
-      (k = 5, 7), ``finalconv11`` -> ``fuse``.
+      ``conv1b5.0`` / ``conv55.0`` / ``conv1a5.0`` -> ``local5.pw_in`` / ``dw`` / ``pw_out``,
+      ``conv77.0`` -> ``local7.dw``, ``finalconv11`` -> ``fuse``, and the 7x7 branch's 1x1
+      convolutions ``conv1b3.0`` / ``conv1a3.0`` (ADer) or ``conv1b7.0`` / ``conv1a7.0`` (official)
+      -> ``local7.pw_in`` / ``local7.pw_out``.
 
     Dropped: ``*.self_attention.scans.index_flat`` / ``index_flat_inv`` (scan indices the authors
-    stored as parameters; ours come from the path cache), and, with a warning that lists them, the
-    ``conv1b3`` / ``conv1a3`` / ``conv33`` tensors of an unused branch in older checkpoints. A
-    leading ``module.`` (DDP) is stripped. A state dict already in our naming passes unchanged;
-    keys that match no rule are kept as they are (``load_state_dict`` reports them).
+    stored as parameters; ours come from the path cache) and ADer's ``conv33`` (a depthwise 3x3
+    its forward never runs; named in an info-level log message). Nothing else is dropped. A leading
+    ``module.`` (DDP) is stripped; a state dict in our naming passes unchanged. Keys that match no
+    rule are kept as they are (:func:`load_pretrained` reports them).
 
     Args:
         state_dict: name -> tensor.
@@ -181,9 +238,13 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: MambaAD) -> di
 
     Returns:
         A new dict in this model's naming.
+
+    Raises:
+        ValueError: the keys mix namings or match none (see :func:`checkpoint_naming`).
     """
     sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    if any(k.startswith(_OUR_PREFIXES) for k in sd):
+    naming = checkpoint_naming(sd)
+    if naming == "ours":
         return sd
     encoder_prefix = "encoder.body." if hasattr(model.encoder, "body") else "encoder."
     out: dict[str, Tensor] = {}
@@ -191,21 +252,21 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: MambaAD) -> di
     for key, value in sd.items():
         if _SCAN_INDEX.search(key):
             continue
-        if _UNUSED_BRANCH.search(key):
+        if naming == "ader" and _ADER_UNUSED.search(key):
             unused.append(key)
             continue
         if key.startswith("net_t."):
             out[encoder_prefix + key[len("net_t."):]] = value
             continue
-        for pattern, repl in _AUTHORS_RULES:
+        for pattern, repl in _RULES[naming]:
             new, count = pattern.subn(repl, key)
             if count:
                 key = new
                 break
         out[key] = value
     if unused:
-        warnings.warn(f"checkpoint_filter_fn: dropped {len(unused)} tensors of the unused 3x3 branch "
-                      f"(older checkpoints): {unused}", stacklevel=2)
+        _log.info("checkpoint_filter_fn: dropped ADer's unused depthwise conv33 (%d tensors): %s",
+                  len(unused), ", ".join(unused))
     return out
 
 
@@ -224,22 +285,44 @@ def _unwrap(obj: Any) -> Mapping[str, Tensor]:
 
 
 def load_pretrained(model: MambaAD, checkpoint: str | os.PathLike | Mapping[str, Any],
-                    strict: bool = False) -> nn.modules.module._IncompatibleKeys:
-    """Load MambaAD weights (the authors' checkpoints or ours) into ``model``.
+                    strict: bool = True) -> nn.modules.module._IncompatibleKeys:
+    """Load MambaAD weights (the authors' checkpoints in either naming, or ours) into ``model``.
+
+    With ``strict=True`` every parameter and persistent buffer of ``model`` must come from the
+    checkpoint and every tensor of the checkpoint must land in the model (only the authors' stored
+    scan indices and ADer's unused ``conv33`` are dropped, by :func:`checkpoint_filter_fn`); the
+    check runs before anything is copied, so a refused checkpoint leaves ``model`` untouched.
 
     Args:
         model: the model to fill.
         checkpoint: a path to a ``torch.save`` file (loaded on the CPU with ``weights_only=True``) or
             an already loaded checkpoint / state dict.
-        strict: raise when keys are missing or unexpected (shape mismatches always raise).
+        strict: raise on missing or unexpected keys; ``False`` loads what matches and warns with the
+            lists.
 
     Returns:
-        torch's ``(missing_keys, unexpected_keys)``; when either is non-empty a warning lists them.
+        torch's ``(missing_keys, unexpected_keys)`` (both empty after a strict load).
+
+    Raises:
+        ValueError: missing or unexpected keys (strict), tensors whose shapes differ from the model's
+            (always), or a state dict in no known naming.
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state_dict = checkpoint_filter_fn(_unwrap(checkpoint), model)
-    result = model.load_state_dict(state_dict, strict=strict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+              for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    if shapes:
+        raise ValueError(f"load_pretrained: {len(shapes)} tensors differ in shape from the model's "
+                         f"(another configuration?): {_some(shapes)}")
+    if (missing or unexpected) and strict:
+        raise ValueError(f"load_pretrained: the checkpoint does not fit the model: {len(missing)} missing "
+                         f"keys {missing}; {len(unexpected)} unexpected keys {unexpected} (strict=False "
+                         "loads what matches)")
+    result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         warnings.warn(f"load_pretrained: {len(result.missing_keys)} missing keys {result.missing_keys}; "
                       f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys}", stacklevel=2)
