@@ -1,4 +1,4 @@
-"""The ``mambaad`` command: ``train``, ``eval`` and ``predict`` subcommands (``--help`` on each).
+"""The ``mambaad`` command: ``train``, ``eval``, ``predict`` and ``export`` subcommands (``--help`` on each).
 
 Every flag sets the config field of the same name (``--image-size`` -> ``image_size``); ``--config
 FILE`` (YAML or JSON) sets any of them, flags given on the command line win, unknown keys are
@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .data import DATASET_KINDS
-from .runconfig import (ConfigError, EvalConfig, PredictConfig, TrainConfig, build_config, field_names,
-                        load_file)
+from .runconfig import (ConfigError, EvalConfig, ExportConfig, PredictConfig, TrainConfig, build_config,
+                        field_names, load_file)
 
 BACKEND_CHOICES = ("reference", "triton", "cpu", "cuda")
 S = argparse.SUPPRESS
@@ -121,30 +122,49 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score images, write heat maps, normal / anomalous",
-                       description="Score images with a checkpoint: prints score and verdict per image, "
-                       "writes OUTPUT/<stem>_heatmap.png, OUTPUT/predictions.json and .csv.")
+                       description="Score images with a checkpoint or an exported model: prints score and "
+                       "verdict per image, writes OUTPUT/<stem>_heatmap.png, OUTPUT/predictions.json and "
+                       ".csv. A file that cannot be read is skipped with a warning and listed with its "
+                       "error; the exit status is non-zero only with --strict or when no image could be "
+                       "read.")
     add = _Adder(p, PredictConfig)
     add("images", nargs="*", metavar="IMAGES", help="image files or folders")
-    add("--checkpoint", metavar="FILE", help="a (preferably evaluated) checkpoint (required)")
+    add("--checkpoint", metavar="FILE", help="a (preferably evaluated) checkpoint (this or --model)")
+    add("--model", metavar="FILE.pt2", help="a model written by mambaad export (this or --checkpoint)")
     add("--output", metavar="DIR", help="folder for the heat maps and predictions (required)")
     add("--threshold", type=float, help="image-score threshold (default: the one mambaad eval stored)")
     add("--category", help="use this category's stored threshold (default: all categories')")
     add("--image-size", type=int, metavar="S", help="input side (default: the training one)")
     add("--batch-size", type=int, metavar="B", help="images per batch")
+    add("--strict", action=argparse.BooleanOptionalAction,
+        help="exit non-zero when any image cannot be read (after scoring all the others)")
     _common(add)
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as a torch.export program (.pt2)",
+                       description="Export a checkpoint's eval-mode model with torch.export, on the CPU, "
+                       "batch size dynamic, at the trained image size; checks it against the checkpoint "
+                       "before writing. Run it with mambaad predict --model, or in Python with torch and "
+                       "mambaad_kernels only.")
+    add = _Adder(p, ExportConfig)
+    add("--checkpoint", metavar="FILE", help="a checkpoint of mambaad train (required)")
+    add("--output", metavar="FILE.pt2", help="the file to write (required)")
+    add("--config", metavar="FILE", help="YAML or JSON file of settings (flags given win)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mambaad`` argument parser."""
-    parser = argparse.ArgumentParser(prog="mambaad", description="MambaAD: train, evaluate, predict.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,predict}", required=True)
+    parser = argparse.ArgumentParser(prog="mambaad", description="MambaAD: train, evaluate, predict, export.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,predict,export}", required=True)
     _train_parser(sub)
     _eval_parser(sub)
     _predict_parser(sub)
+    _export_parser(sub)
     return parser
 
 
-CONFIGS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig}
+CONFIGS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig}
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -164,8 +184,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mambaad_kernels.backends import BackendUnavailable
 
     from .checkpoint import CheckpointError
-    from .data import DatasetError
+    from .data import DatasetError, UnreadableImageWarning
+    from .export import ExportError
 
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        warnings.showwarning = _warning_printer(args.command, warnings.showwarning, UnreadableImageWarning)
+        return _run(args, (ConfigError, CheckpointError, DatasetError, ExportError, FileNotFoundError,
+                           BackendUnavailable))
+
+
+def _warning_printer(command: str, default: Callable[..., None], plain: type[Warning]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing warnings of category ``plain`` as one line
+    ``mambaad COMMAND: warning: ...`` on stderr, and the others as ``default`` does."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, plain):
+            print(f"mambaad {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _run(args: argparse.Namespace, errors: tuple[type[Exception], ...]) -> int:
+    """Run one parsed command; an error of ``errors`` is printed and gives exit status 2."""
     try:
         cfg = config_from_args(args)
         if args.command == "train":
@@ -176,11 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .evaluate import evaluate
 
             evaluate(cfg)
-        else:
+        elif args.command == "predict":
             from .predict import predict
 
             predict(cfg)
-    except (ConfigError, CheckpointError, DatasetError, FileNotFoundError, BackendUnavailable) as err:
+        else:
+            from .export import export
+
+            export(cfg)
+    except errors as err:
         print(f"mambaad {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,4 +1,4 @@
-"""Run configurations of ``mambaad train / eval / predict``: dataclasses, file loading, merging.
+"""Run configurations of ``mambaad train / eval / predict / export``: dataclasses, file loading, merging.
 
 A run's settings come from three layers, later ones winning: the dataclass defaults, a YAML or JSON
 file (``--config FILE``, a mapping of field names; ``-`` and ``_`` alike), and the command-line flags
@@ -174,15 +174,20 @@ class PredictConfig:
 
     Attributes:
         checkpoint: a checkpoint (evaluated, for the stored threshold).
+        model: an exported program of ``mambaad export`` (``.pt2``), instead of ``checkpoint``.
         images: image files or folders of images.
         output: folder for ``predictions.json``, ``predictions.csv`` and the heat maps.
         threshold: image-score threshold; None: the checkpoint's F1-max threshold (of ``category``
             when given and stored, else of all evaluated categories together).
         category: whose stored threshold to use.
-        image_size, batch_size, device, backend: None: as trained / the defaults.
+        image_size, batch_size, device, backend: None: as trained / the defaults (an exported
+            program runs at its trained size on the CPU, on the backend it was exported with).
+        strict: fail (after writing every result) when any image cannot be read; by default such
+            images are skipped with a warning and listed with their error.
     """
 
     checkpoint: str = ""
+    model: str = ""
     images: list[str] = field(default_factory=list)
     output: str = ""
     threshold: float | None = None
@@ -191,6 +196,7 @@ class PredictConfig:
     batch_size: int = 8
     device: str | None = None
     backend: str | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         self.images = [self.images] if isinstance(self.images, str) else list(self.images)
@@ -199,10 +205,33 @@ class PredictConfig:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
 
     def check_required(self) -> None:
-        """Raise unless ``checkpoint``, ``output`` and at least one image are set."""
-        missing = [n for n in ("checkpoint", "output", "images") if not getattr(self, n)]
+        """Raise unless exactly one of ``checkpoint`` and ``model``, ``output`` and an image are set."""
+        if self.checkpoint and self.model:
+            raise ConfigError("give --checkpoint or --model, not both")
+        missing = [n for n in ("output", "images") if not getattr(self, n)]
+        if not self.checkpoint and not self.model:
+            missing.insert(0, "checkpoint (or model)")
         if missing:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
+
+
+@dataclass
+class ExportConfig:
+    """``mambaad export``: a checkpoint as a ``torch.export`` program (see :mod:`mambaad.export`).
+
+    Attributes:
+        checkpoint: a checkpoint of ``mambaad train`` (evaluated ones carry their thresholds along).
+        output: the ``.pt2`` file to write.
+    """
+
+    checkpoint: str = ""
+    output: str = ""
+
+    def check_required(self) -> None:
+        """Raise unless ``checkpoint`` and ``output`` are set."""
+        missing = [n for n in ("checkpoint", "output") if not getattr(self, n)]
+        if missing:
+            raise ConfigError(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
 
 
 def field_names(cls: type) -> list[str]:
@@ -237,7 +266,7 @@ def build_config(cls: type[T], file_values: dict[str, Any] | None = None,
     """``cls`` from its defaults, then ``file_values``, then ``overrides``.
 
     Args:
-        cls: :class:`TrainConfig`, :class:`EvalConfig` or :class:`PredictConfig`.
+        cls: :class:`TrainConfig`, :class:`EvalConfig`, :class:`PredictConfig` or :class:`ExportConfig`.
         file_values: settings from a file (keys with ``-`` or ``_``).
         overrides: settings from the command line (already field names).
         source: how to name ``file_values`` in error messages.

@@ -203,6 +203,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
              f"of {global_batch} images "
              f"({world} process{'es' if world > 1 else ''}, {device}), lr {lr:g}"
              + (f"; resumed from {resume} at step {step}" if ckpt is not None else ""))
+        if dataset.skipped:
+            _log(f"skipped {len(dataset.skipped)} unreadable training image(s) (listed in {log_path})")
 
     def save() -> None:
         if not main:
@@ -215,7 +217,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
             "categories": categories, "world_size": world, "lr": lr, "total_steps": total})
         _write_json(log_path, {"model": model.model_name, "world_size": world, "global_batch": global_batch,
                                "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
-                               "categories": categories, "config": to_dict(cfg), "steps": steps_log})
+                               "categories": categories, "config": to_dict(cfg),
+                               "skipped_images": [{"path": p, "error": e} for p, e in dataset.skipped],
+                               "steps": steps_log})
 
     amp = cfg.amp and device.type == "cuda"
     bar = tqdm(total=total, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)

@@ -8,9 +8,12 @@ Public API::
     mk.available_backends("cuda")
     from mambaad_kernels.modules import SS2D, HSSBlock
 
-Importing the package loads no kernels: backends are imported when first used.
+Importing the package loads no kernels: backends are imported when first used. It registers the
+torch op ``mambaad::hss_scan`` (:mod:`mambaad_kernels.fused`), which is all a program exported with
+``torch.export`` (``mambaad export``) needs from this package to load.
 """
 
+from . import fused  # noqa: F401  (registers the mambaad::hss_scan op)
 from .backends import BACKENDS, BackendUnavailable, available_backends, resolve_backend
 from .ops import hss_scan
 from .paths import METHODS, inverse_paths, scan_path, scan_paths

@@ -41,6 +41,7 @@ import functools
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 METHODS = ("sweep", "scan", "zorder", "zigzag", "hilbert")
 DIRECTION_ROWS = {1: (0,), 2: (0, 4), 4: (0, 1, 4, 5), 8: (0, 1, 2, 3, 4, 5, 6, 7)}
@@ -236,7 +237,10 @@ def scan_path(h: int, w: int, method: str = "hilbert", direction: int = 0) -> to
 def _paths_cached(h: int, w: int, method: str, directions: int, device: torch.device,
                   dtype: torch.dtype) -> torch.Tensor:
     rows = [_path_np(h, w, method, k) for k in DIRECTION_ROWS[directions]]
-    with torch.inference_mode(False):  # a cached inference tensor could never be saved for backward
+    # a cached inference tensor could never be saved for backward; a first call under tracing
+    # (torch.export, make_fx: a fake or proxy dispatch mode is active) must still cache a real tensor,
+    # which the tracer then takes as a constant
+    with torch.inference_mode(False), _disable_current_modes():
         return torch.from_numpy(np.stack(rows)).to(device=device, dtype=dtype)
 
 

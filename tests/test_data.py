@@ -114,11 +114,12 @@ def test_image_without_its_mask(tmp_path):
 
 
 def test_unreadable_image_names_the_file(tmp_path):
+    """A file that goes bad after the set was built (unreadable ones are skipped then: test_decode.py)."""
     root = make_tiny_mvtec(str(tmp_path / "d"), n_train=2, n_good=1, n_defect=1)
     bad = os.path.join(root, "disc", "train", "good", "001.png")
+    ds = build_train_set("mvtec", root, "disc", 64)
     with open(bad, "wb") as f:
         f.write(b"not a png at all")
-    ds = build_train_set("mvtec", root, "disc", 64)
     with pytest.raises(DatasetError, match=r"cannot read image file .*001\.png"):
         ds[[s.image for s in ds.samples].index(bad)]
 

@@ -7,13 +7,14 @@ with ``image (3, S, S)``, ``mask (1, S, S)`` in {0, 1}, ``label``, ``category``,
 """
 
 from .dataset import (AnomalyDataset, available_categories, build_test_sets, build_train_set,
-                      resolve_categories)
+                      readable_samples, resolve_categories)
 from .layouts import LAYOUTS, Sample
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, denormalize, load_image, load_mask,
-                         normalize)
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageDecodeError, UnreadableImageWarning,
+                         decode_image, denormalize, load_image, load_mask, normalize)
 
 DATASET_KINDS = tuple(LAYOUTS)
 
-__all__ = ["AnomalyDataset", "DATASET_KINDS", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS",
-           "Sample", "available_categories", "build_test_sets", "build_train_set", "denormalize",
-           "load_image", "load_mask", "normalize", "resolve_categories"]
+__all__ = ["AnomalyDataset", "DATASET_KINDS", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD",
+           "ImageDecodeError", "LAYOUTS", "Sample", "UnreadableImageWarning", "available_categories",
+           "build_test_sets", "build_train_set", "decode_image", "denormalize", "load_image", "load_mask",
+           "normalize", "readable_samples", "resolve_categories"]

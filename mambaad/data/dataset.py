@@ -1,14 +1,27 @@
-"""The dataset class and the multi-class builders: one training set, one test set per category."""
+"""The dataset class and the multi-class builders: one training set, one test set per category.
+
+The builders decode every image (and mask) once before the sets are made, by the rules of
+:func:`mambaad.data.transforms.decode_image`: a sample whose file cannot be decoded (truncated, not
+an image, zero bytes, no permission, missing) is left out with an :class:`UnreadableImageWarning`
+naming it and recorded in the set's ``skipped`` list, never silently. A file that goes bad after
+that check still raises :class:`ImageDecodeError` when the item is read.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from .layouts import LAYOUTS, Sample
-from .transforms import DatasetError, empty_mask, load_image, load_mask
+from .transforms import (DatasetError, ImageDecodeError, UnreadableImageWarning, decode_image, empty_mask,
+                         load_image, load_mask)
+
+CHECK_THREADS = 8  # threads decoding the files once when a set is built (Pillow releases the GIL)
 
 
 class AnomalyDataset(Dataset):
@@ -17,6 +30,8 @@ class AnomalyDataset(Dataset):
     Args:
         samples: the images, from a layout (:data:`mambaad.data.layouts.LAYOUTS`).
         image_size: side S of the square the images and masks are resized to.
+        skipped: ``(path, reason)`` of the samples left out because a file could not be decoded
+            (see :func:`readable_samples`); kept as the attribute ``skipped``.
 
     Each item is a dict:
         ``image``: ``(3, S, S)`` float32, ImageNet-normalised;
@@ -25,11 +40,13 @@ class AnomalyDataset(Dataset):
         ``has_mask``: bool, False when the pixel ground truth of an anomalous image is unknown.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int):
+    def __init__(self, samples: Sequence[Sample], image_size: int,
+                 skipped: Sequence[tuple[str, str]] = ()):
         if not samples:
             raise DatasetError("a dataset needs at least one image")
         self.samples = list(samples)
         self.image_size = int(image_size)
+        self.skipped = list(skipped)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -99,6 +116,44 @@ def _samples(kind: str, root: str, category: str, split: str) -> list[Sample]:
     return samples
 
 
+def _decode_problem(sample: Sample) -> tuple[str, str] | None:
+    """``(path, reason)`` if the sample's image or mask cannot be decoded, else None."""
+    for path in (sample.image, sample.mask):
+        if path is None:
+            continue
+        try:
+            decode_image(path)
+        except ImageDecodeError as err:
+            return path, str(err)
+    return None
+
+
+def readable_samples(samples: Sequence[Sample], what: str) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Decode every image and mask of ``samples`` once; leave out those that fail, with a warning each.
+
+    Args:
+        samples: the samples of a split.
+        what: how to name them in messages (``"training"``, ``"test (category disc)"``).
+
+    Returns:
+        ``(kept, skipped)``: the readable samples in their order, and ``(path, reason)`` per sample left
+        out (the path of the file at fault).
+
+    Raises:
+        DatasetError: none of the samples is readable.
+    """
+    threads = max(1, min(CHECK_THREADS, os.cpu_count() or 1, len(samples)))
+    with ThreadPoolExecutor(threads) as pool:
+        problems = list(pool.map(_decode_problem, samples))
+    kept = [s for s, p in zip(samples, problems) if p is None]
+    skipped = [p for p in problems if p is not None]
+    for path, reason in skipped:
+        warnings.warn(f"skipping a {what} image: {reason}", UnreadableImageWarning, stacklevel=3)
+    if not kept:
+        raise DatasetError(f"none of the {len(samples)} {what} images can be read (first: {skipped[0][1]})")
+    return kept, skipped
+
+
 def build_train_set(kind: str, root: str, categories: Sequence[str] | str | None,
                     image_size: int) -> AnomalyDataset:
     """The multi-class training set: the normal training images of every chosen category.
@@ -108,18 +163,28 @@ def build_train_set(kind: str, root: str, categories: Sequence[str] | str | None
         image_size: side S of the resized images.
 
     Returns:
-        One :class:`AnomalyDataset` over all chosen categories (the paper's unified setting).
+        One :class:`AnomalyDataset` over all chosen categories (the paper's unified setting); images
+        that cannot be decoded are left out with a warning and listed in its ``skipped``.
     """
     cats = resolve_categories(kind, root, categories)
-    return AnomalyDataset([s for c in cats for s in _samples(kind, root, c, "train")], image_size)
+    samples = [s for c in cats for s in _samples(kind, root, c, "train")]
+    kept, skipped = readable_samples(samples, "training")
+    return AnomalyDataset(kept, image_size, skipped)
 
 
 def build_test_sets(kind: str, root: str, categories: Sequence[str] | str | None,
                     image_size: int) -> dict[str, AnomalyDataset]:
     """One test set per chosen category (normal and anomalous images, with masks).
 
+    Images or masks that cannot be decoded are left out with a warning and listed in each set's
+    ``skipped``.
+
     Returns:
         ``{category: AnomalyDataset}`` in category order.
     """
     cats = resolve_categories(kind, root, categories)
-    return {c: AnomalyDataset(_samples(kind, root, c, "test"), image_size) for c in cats}
+    out = {}
+    for c in cats:
+        kept, skipped = readable_samples(_samples(kind, root, c, "test"), f"test (category {c})")
+        out[c] = AnomalyDataset(kept, image_size, skipped)
+    return out
