@@ -227,3 +227,12 @@ def test_released_builders_have_vmamba_parameter_counts():
     assert blk.d_state == 1 and blk.forward_type.no_z and blk.conv2d.bias is None
     assert set(vm.MODELS) >= {"vmamba_tiny_s2l5", "vmamba_small_s2l15", "vmamba_base_s2l15",
                               "vmamba_tiny_s1l8", "vanilla_vmamba_tiny"}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_fused_cpu_scan_small_state_sizes(n):
+    """VMamba's released models use N = 1: the fused kernels' forward and gradients at small N,
+    fp32 against the float64 reference (the kernels specialise N = 16 only)."""
+    from tests.parity import run_case
+
+    run_case("cpu", b=2, d=12, h=5, w=6, n=n, r=2, k=4, method="sweep", dtype=torch.float32)
