@@ -217,17 +217,25 @@ def bench_model(args: argparse.Namespace) -> list[dict]:
         return run
 
     label = f"ours ({mk.resolve_backend(backend, device)} backend)"
+    cpu = {}
     times = interleave({f"fwd {label}": fwd(ours), "fwd baseline": fwd(base),
-                        f"train {label}": train(ours), "train baseline": train(base)}, args.rounds, device)
+                        f"train {label}": train(ours), "train baseline": train(base)}, args.rounds, device,
+                       cpu)
     rows = []
     for what in ("fwd", "train"):
-        t_ours, t_base = statistics.median(times[f"{what} {label}"]), statistics.median(times[f"{what} baseline"])
+        mine, theirs = f"{what} {label}", f"{what} baseline"
+        t_ours, t_base = statistics.median(times[mine]), statistics.median(times[theirs])
+        c_ours, c_base = statistics.median(cpu[mine]), statistics.median(cpu[theirs])
         rows.append({"what": what, "ours": label, "baseline": base_label, "ms_ours": 1e3 * t_ours,
                      "ms_baseline": 1e3 * t_base, "speedup": t_base / t_ours,
-                     "all_ms_ours": [1e3 * t for t in times[f"{what} {label}"]],
-                     "all_ms_baseline": [1e3 * t for t in times[f"{what} baseline"]]})
-        print(f"{what:5s} B={args.batch} {args.size}px | {label} {1e3 * t_ours:9.1f} ms | {base_label} "
-              f"{1e3 * t_base:9.1f} ms | x{t_base / t_ours:.1f}", flush=True)
+                     "cpu_ms_ours": 1e3 * c_ours, "cpu_ms_baseline": 1e3 * c_base,
+                     "cpu_speedup": c_base / c_ours,
+                     "all_ms_ours": [1e3 * t for t in times[mine]],
+                     "all_ms_baseline": [1e3 * t for t in times[theirs]]})
+        print(f"{what:5s} B={args.batch} {args.size}px median wall (process CPU) | {label} "
+              f"{1e3 * t_ours:8.1f} "
+              f"({1e3 * c_ours:8.1f}) ms | {base_label} {1e3 * t_base:8.1f} ({1e3 * c_base:8.1f}) ms | "
+              f"x{t_base / t_ours:.1f} (x{c_base / c_ours:.1f})", flush=True)
     return [{"logits_rel_diff": err, "device": str(device)}, *rows]
 
 
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads {args.threads}  load {os.getloadavg()}  torch {torch.__version__}", flush=True)
     rows = bench_nstate(args) if args.part == "nstate" else bench_model(args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"part": args.part, "args": vars(args), "rows": rows}, indent=1))
+        out = {"part": args.part, "args": vars(args), "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ class SS2D(nn.Module):
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d).uniform_(-bound, bound))
         if initialize == "v0":
             dt_w, dt_b = _dt_init(k, d, r, dt_scale, dt_init, dt_min, dt_max, dt_init_floor)
-            self.A_logs = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * d, 1))
+            a = torch.arange(1, n + 1, dtype=torch.float32).repeat(k * d, 1)  # (k d, n): S4D real
+            self.A_logs = nn.Parameter(torch.log(a))
             self.Ds = nn.Parameter(torch.ones(k * d))
         else:
             self.Ds = nn.Parameter(torch.ones(k * d))

@@ -60,7 +60,8 @@ def test_ss2d_forward_types_match_vmamba_algorithm(backend, i, forward_type):
     assert rel(m32(x.float()), want) <= 1e-5
 
 
-@pytest.mark.parametrize("forward_type,backend", [("v05_noz", "cpu"), ("v052d", "cpu"), ("v051d", "reference")])
+@pytest.mark.parametrize("forward_type,backend",
+                         [("v05_noz", "cpu"), ("v052d", "cpu"), ("v051d", "reference")])
 def test_ss2d_gradients_match_vmamba_algorithm(forward_type, backend):
     need(backend)
     m = vm.SS2D(d_model=8, d_state=1, forward_type=forward_type, channel_first=True, backend=backend).double()
@@ -120,7 +121,8 @@ def vmamba_vssm_keys(depths, dims, n, mlp_ratio, d_ratio=1.0) -> dict:
             keys.update({p + "op." + k: s for k, s in ss2d.items()})
             hid = int(c * mlp_ratio)
             keys.update({p + "norm2.weight": (c,), p + "norm2.bias": (c,), p + "mlp.fc1.weight": (hid, c),
-                         p + "mlp.fc1.bias": (hid,), p + "mlp.fc2.weight": (c, hid), p + "mlp.fc2.bias": (c,)})
+                         p + "mlp.fc1.bias": (hid,), p + "mlp.fc2.weight": (c, hid),
+                         p + "mlp.fc2.bias": (c,)})
         if i < len(depths) - 1:
             p = f"layers.{i}.downsample."
             keys.update({p + "1.weight": (dims[i + 1], c, 3, 3), p + "1.bias": (dims[i + 1],),

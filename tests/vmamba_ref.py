@@ -19,7 +19,8 @@ def selective_scan_loop(u, delta, A, B, C, D, delta_bias):
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # (b, d, n)
     ys = []
     for t in range(u.shape[2]):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        du = (delta[:, :, t] * u[:, :, t])[..., None]  # (b, d, 1)
+        h = torch.exp(delta[:, :, t, None] * A) * h + du * B[:, None, :, t]  # (b, d, n)
         ys.append((h * C[:, None, :, t]).sum(-1))  # (b, d)
     return torch.stack(ys, -1) + D[:, None] * u
 
