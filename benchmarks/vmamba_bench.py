@@ -15,7 +15,7 @@ cost that does not depend on N (gather, delta = softplus(W_dt dt + b), the D ski
 step (forward, cross-entropy, backward) on our backend against a **plain-torch baseline written
 here from VMamba's documented torch path** (not VMamba's code): CrossScan by transposes and flips
 into ``(B, 4, D, L)``, the einsum projections, a step-by-step selective scan (VMamba's
-``selective_scan_torch`` algorithm), CrossMerge by the inverse flips and transposes. On a CUDA
+``selective_scan_torch`` algorithm, its per-step slices taken by unbind), CrossMerge by the inverse flips and transposes. On a CUDA
 device the baseline's scan is mamba_ssm's ``selective_scan_fn`` when it is installed (the path
 VMamba's authors run; benchmarks/authors_path.py finds it), labelled by what ran.
 
@@ -148,9 +148,11 @@ def loop_selective_scan(u, delta, A, B, C, D, delta_bias):  # noqa: N803 - the m
     delta_bu = torch.einsum("bdl,bdnl,bdl->bdln", delta, bb, u)  # (b, kd, l, n)
     h = u.new_zeros(b, kd, n)
     ys = []
-    for i in range(l):
-        h = delta_a[:, :, i] * h + delta_bu[:, :, i]
-        ys.append(torch.einsum("bdn,bdn->bd", h, cc[:, :, :, i]))
+    # per-step slices by unbind: indexing [:, :, i] as VMamba's code does gives the same forward, but
+    # its backward writes a zero-filled full-size gradient per step (quadratic in L)
+    for da, dbu, c in zip(delta_a.unbind(2), delta_bu.unbind(2), cc.unbind(3)):
+        h = da * h + dbu
+        ys.append(torch.einsum("bdn,bdn->bd", h, c))
     return torch.stack(ys, dim=2) + u * D[:, None]
 
 
