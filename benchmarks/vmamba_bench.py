@@ -11,6 +11,8 @@ channel along one direction costs about ``a + b N``; from the two N the fit give
 cost that does not depend on N (gather, delta = softplus(W_dt dt + b), the D skip, the merge) and
 ``b``, the cost per state.
 
+``scan``: SS2D's scan alone at those stage shapes, N = 1, ours against the torch-path baseline below.
+
 ``model``: vmamba_tiny_s1l8 (random weights, channel first) forward (eval, no grad) and training
 step (forward, cross-entropy, backward) on our backend against a **plain-torch baseline written
 here from VMamba's documented torch path** (not VMamba's code): CrossScan by transposes and flips
@@ -20,6 +22,7 @@ device the baseline's scan is mamba_ssm's ``selective_scan_fn`` when it is insta
 VMamba's authors run; benchmarks/authors_path.py finds it), labelled by what ran.
 
 usage: python benchmarks/vmamba_bench.py nstate [--threads 1] [--rounds 5] [--batch 1] [--ns 1,2,4,8,16]
+       python benchmarks/vmamba_bench.py scan [--threads 1] [--rounds 5] [--batch 1]
        python benchmarks/vmamba_bench.py model [--device cpu] [--batch 1] [--size 224] [--rounds 3]
 """
 
@@ -241,9 +244,43 @@ def bench_model(args: argparse.Namespace) -> list[dict]:
     return [{"logits_rel_diff": err, "device": str(device)}, *rows]
 
 
+def bench_scan(args: argparse.Namespace) -> list[dict]:
+    """SS2D's scan alone (N = 1, vmamba_tiny_s1l8's stage shapes): ours against the torch path."""
+    rows = []
+    dev = torch.device("cpu")
+    for d, hw in STAGES:
+        torch.manual_seed(0)
+        m = vm.SS2D(d_model=d, d_state=1, ssm_ratio=1.0, forward_type="v05_noz", channel_first=True,
+                    backend="cpu")
+        x = torch.randn(args.batch, d, hw, hw, requires_grad=True)
+        dout = torch.randn_like(x)
+
+        def run(fn, grad):
+            def call():
+                if grad:
+                    torch.autograd.backward(fn(x), dout)
+                else:
+                    with torch.no_grad():
+                        fn(x)
+            return call
+
+        ours, base = m.scan, (lambda t: torch_path_scan(m, t))
+        cpu = {}
+        interleave({"fwd ours": run(ours, False), "fwd base": run(base, False),
+                    "fwd+bwd ours": run(ours, True), "fwd+bwd base": run(base, True)}, args.rounds, dev, cpu)
+        row = {"D": d, "H": hw, "W": hw, "B": args.batch, "N": 1}
+        for what in ("fwd", "fwd+bwd"):
+            t_o, t_b = min(cpu[f"{what} ours"]), min(cpu[f"{what} base"])
+            row[what] = {"cpu_ms_ours": 1e3 * t_o, "cpu_ms_baseline": 1e3 * t_b, "speedup": t_b / t_o}
+            print(f"D={d:4d} {hw:2d}x{hw:<2d} {what:7s} | ours {1e3 * t_o:8.2f} ms | torch path "
+                  f"{1e3 * t_b:8.2f} ms | x{t_b / t_o:.1f}  (process CPU, fastest call)", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=("nstate", "model"))
+    p.add_argument("part", choices=("nstate", "scan", "model"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=1)
@@ -258,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}  load {os.getloadavg()}  torch {torch.__version__}", flush=True)
-    rows = bench_nstate(args) if args.part == "nstate" else bench_model(args)
+    rows = {"nstate": bench_nstate, "scan": bench_scan, "model": bench_model}[args.part](args)
     if args.json:
         out = {"part": args.part, "args": vars(args), "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1))
