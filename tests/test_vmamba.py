@@ -7,6 +7,9 @@ state dicts with VMamba's key set and shapes load strictly.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -238,3 +241,14 @@ def test_fused_cpu_scan_small_state_sizes(n):
     from tests.parity import run_case
 
     run_case("cpu", b=2, d=12, h=5, w=6, n=n, r=2, k=4, method="sweep", dtype=torch.float32)
+
+
+def test_benchmark_torch_path_baseline_matches_our_scan():
+    """benchmarks/vmamba_bench.py's plain-torch baseline computes the same scan as ours."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from vmamba_bench import torch_path_scan
+
+    m = vm.SS2D(d_model=8, d_state=2, forward_type="v05", channel_first=True, backend="reference")
+    perturb(m)
+    x = torch.randn(2, 16, 4, 5)  # (b, d_inner, h, w)
+    assert rel(torch_path_scan(m, x), m.scan(x)) <= 1e-5
