@@ -17,9 +17,10 @@ cost that does not depend on N (gather, delta = softplus(W_dt dt + b), the D ski
 step (forward, cross-entropy, backward) on our backend against a **plain-torch baseline written
 here from VMamba's documented torch path** (not VMamba's code): CrossScan by transposes and flips
 into ``(B, 4, D, L)``, the einsum projections, a step-by-step selective scan (VMamba's
-``selective_scan_torch`` algorithm, its per-step slices taken by unbind), CrossMerge by the inverse flips and transposes. On a CUDA
-device the baseline's scan is mamba_ssm's ``selective_scan_fn`` when it is installed (the path
-VMamba's authors run; benchmarks/authors_path.py finds it), labelled by what ran.
+``selective_scan_torch`` algorithm, its per-step slices taken by unbind), CrossMerge by the inverse
+flips and transposes. On a CUDA device the baseline's scan is mamba_ssm's ``selective_scan_fn``
+when it is installed (the path VMamba's authors run; benchmarks/authors_path.py finds it), labelled
+by what ran. The CUDA path has not been run yet (no GPU was lent when this was written).
 
 usage: python benchmarks/vmamba_bench.py nstate [--threads 1] [--rounds 5] [--batch 1] [--ns 1,2,4,8,16]
        python benchmarks/vmamba_bench.py scan [--threads 1] [--rounds 5] [--batch 1]
