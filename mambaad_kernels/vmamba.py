@@ -399,6 +399,7 @@ class VSSM(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # VMamba's released models, under VMamba's names (random weights; load a checkpoint's "model").
+# ``pretrained=False`` is accepted as in VMamba's one-file vmamba.py; other keywords go to VSSM.
 # ---------------------------------------------------------------------------------------------
 
 _VANILLA = dict(patch_size=4, in_chans=3, num_classes=1000, ssm_d_state=16, ssm_ratio=2.0,
@@ -412,6 +413,9 @@ _V2 = dict(_VANILLA, ssm_d_state=1, ssm_conv_bias=False, forward_type="v05_noz",
 
 
 def _build(base: dict, overrides: dict, **shape) -> VSSM:
+    if overrides.pop("pretrained", False):
+        raise ValueError("pretrained=True: no weights are downloaded here; build the model and load "
+                         "VMamba's checkpoint with model.load_state_dict(torch.load(path)['model'])")
     return VSSM(**{**base, **shape, **overrides})
 
 

@@ -230,6 +230,8 @@ def test_released_builders_have_vmamba_parameter_counts():
     assert m.channel_first and isinstance(m.classifier.norm, vm.LayerNorm2d)
     blk = m.layers[2].blocks[0].op
     assert blk.d_state == 1 and blk.forward_type.no_z and blk.conv2d.bias is None
+    with pytest.raises(ValueError, match="no weights are downloaded"):
+        vm.vmamba_tiny_s2l5(pretrained=True)
     assert set(vm.MODELS) >= {"vmamba_tiny_s2l5", "vmamba_small_s2l15", "vmamba_base_s2l15",
                               "vmamba_tiny_s1l8", "vanilla_vmamba_tiny"}
 
