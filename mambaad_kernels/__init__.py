@@ -11,13 +11,15 @@ Public API::
 Importing the package loads no kernels: backends are imported when first used.
 """
 
-from .backends import BACKENDS, BackendUnavailable, available_backends, resolve_backend
+from .backends import (BACKENDS, BackendFallbackWarning, BackendUnavailable, available_backends,
+                       resolve_backend)
 from .ops import hss_scan
 from .paths import METHODS, inverse_paths, scan_path, scan_paths
 
 __all__ = [
     "BACKENDS",
     "METHODS",
+    "BackendFallbackWarning",
     "BackendUnavailable",
     "available_backends",
     "hss_scan",
