@@ -91,7 +91,6 @@ def extension_path() -> str | None:
     return spec.origin if spec is not None else None
 
 
-@functools.lru_cache(maxsize=None)
 def cuda_archs() -> tuple[str, ...] | None:
     """The CUDA code compiled into the extension: ``("sm_80", "sm_90", "compute_90")``.
 
@@ -103,10 +102,8 @@ def cuda_archs() -> tuple[str, ...] | None:
         return ()
     from . import _C
 
-    if not getattr(_C, "WITH_CUDA", False):
-        return ()
     if not hasattr(_C, "cuda_archs"):
-        return None
+        return None if getattr(_C, "WITH_CUDA", False) else ()
     return tuple(_C.cuda_archs())
 
 

@@ -208,3 +208,16 @@ def test_the_installed_wheel_runs():
     assert ext.load_error() is None
     assert "site-packages" in ext.extension_path()
     assert mk.resolve_backend(None, "cpu") == "cpu"
+
+
+def test_arch_check_reads_the_binding(fresh, monkeypatch):
+    """The archs come from _C.cuda_archs() at each check: a faked binding is seen at once."""
+    if ext.load_error():
+        pytest.skip(ext.load_error())
+    from mambaad_kernels import _C
+
+    monkeypatch.setattr(_C, "cuda_archs", lambda: ["sm_80", "sm_90"], raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (12, 0))
+    reason = backends.unavailable_reason("cuda", "cuda")
+    assert "built for sm_80, sm_90; this GPU is sm_120; rebuild with TORCH_CUDA_ARCH_LIST=12.0" in reason
