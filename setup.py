@@ -2,18 +2,31 @@
 
 The compiled extension ``mambaad_kernels._C`` is built from ``csrc/`` with ninja through torch's
 BuildExtension: the C++ sources always, the CUDA sources when a CUDA toolkit is found (nvcc on
-PATH or CUDA_HOME), for ``TORCH_CUDA_ARCH_LIST`` if set, else sm_80 and sm_90.
+PATH or CUDA_HOME), for ``TORCH_CUDA_ARCH_LIST`` if set, else for the GPUs visible at build time
+(torch's own default), else for :data:`DEFAULT_CUDA_ARCHS` (Ampere, Hopper, Blackwell, and PTX of
+the newest for later GPUs). The architectures built are compiled into the extension
+(``mambaad_kernels._C.cuda_archs()``), so that a GPU they do not cover is detected before a launch.
 ``MAMBAAD_BUILD_EXT=0`` skips the extension and installs the pure-Python packages only.
 """
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The oldest torch the package works with: torch.library.custom_op, register_fake and
+# register_autograd (mambaad_kernels/fused.py, cuda.py) are 2.4 APIs. CI tests it (Makefile test-oldtorch).
+MIN_TORCH = "2.4"
+
+# TORCH_CUDA_ARCH_LIST when none is set and no GPU is visible: SASS for Ampere (8.0, also runs on
+# 8.6 / 8.7 / 8.9), Hopper (9.0), Blackwell (10.0 data centre, 12.0 consumer) and PTX of the newest,
+# which the driver compiles for later GPUs.
+DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0;12.0+PTX"
 
 
 def _sources(pattern):
@@ -45,6 +58,34 @@ def _cuda_home_from_nvcc():
             return
 
 
+def _set_cuda_arch_list() -> None:
+    """Fill TORCH_CUDA_ARCH_LIST when unset and no GPU is visible (torch then builds for none)."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return  # torch builds for the visible GPUs
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+
+
+def _archs_define(nvcc_flags: list[str]) -> str:
+    """``-DMAMBAAD_CUDA_ARCHS=sm_80,sm_90,compute_90``: the code nvcc will embed, for _C.cuda_archs()."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags  # what BuildExtension passes to nvcc
+
+    codes = set()
+    for flag in _get_cuda_arch_flags(nvcc_flags):
+        for group in re.findall(r",code=\[?([\w,]+)\]?", flag):
+            codes.update(group.split(","))
+    if not codes:
+        raise RuntimeError("no CUDA architecture flags: set TORCH_CUDA_ARCH_LIST (e.g. 9.0)")
+
+    def key(code: str) -> tuple[int, bool, str]:  # by number, SASS before PTX
+        return int(re.sub(r"\D", "", code)), code.startswith("compute"), code
+
+    return "-DMAMBAAD_CUDA_ARCHS=" + ",".join(sorted(codes, key=key))
+
+
 def extension_args():
     if os.environ.get("MAMBAAD_BUILD_EXT", "1") == "0":
         return {}
@@ -64,11 +105,11 @@ def extension_args():
     kwargs = dict(name="mambaad_kernels._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"])
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        _set_cuda_arch_list()
         nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
                 "-DMAMBAAD_WITH_CUDA"]
-        ext = CUDAExtension(sources=cpp + cu, extra_compile_args={"cxx": cxx + ["-DMAMBAAD_WITH_CUDA"],
-                                                                  "nvcc": nvcc}, **kwargs)
+        cxx_cuda = cxx + ["-DMAMBAAD_WITH_CUDA", _archs_define(nvcc)]
+        ext = CUDAExtension(sources=cpp + cu, extra_compile_args={"cxx": cxx_cuda, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(sources=cpp, extra_compile_args={"cxx": cxx}, **kwargs)
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}
@@ -80,7 +121,7 @@ setup(
     description="Fused multi-direction state-space scan kernels for MambaAD, and a thin MambaAD model",
     packages=find_packages(include=["mambaad_kernels", "mambaad_kernels.*", "mambaad", "mambaad.*"]),
     python_requires=">=3.10",
-    install_requires=["torch", "numpy", "timm"],
+    install_requires=[f"torch>={MIN_TORCH}", "numpy", "timm"],
     entry_points={"console_scripts": ["mambaad = mambaad.cli:main"]},
     **extension_args(),
 )

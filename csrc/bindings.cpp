@@ -6,6 +6,10 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <sstream>
+#include <string>
+#include <vector>
+
 #include "common.h"
 #include "cpu/scan_cpu.h"
 
@@ -25,6 +29,27 @@ TORCH_LIBRARY_IMPL(mambaad, CPU, m) {
   m.impl("scan_bwd", &mambaad::cpu::scan_bwd);
 }
 
+namespace {
+
+#define MAMBAAD_STR_(...) #__VA_ARGS__
+#define MAMBAAD_STR(...) MAMBAAD_STR_(__VA_ARGS__)
+
+// The CUDA code this binary carries, as setup.py passed it (-DMAMBAAD_CUDA_ARCHS=sm_80,sm_90,
+// compute_90): "sm_XY" is machine code for compute capability X.Y, "compute_XY" PTX the driver
+// compiles for X.Y and later. Empty without the CUDA kernels.
+std::vector<std::string> cuda_archs() {
+  std::vector<std::string> archs;
+#if defined(MAMBAAD_WITH_CUDA) && defined(MAMBAAD_CUDA_ARCHS)
+  std::stringstream list(MAMBAAD_STR(MAMBAAD_CUDA_ARCHS));
+  for (std::string arch; std::getline(list, arch, ',');) {
+    if (!arch.empty()) archs.push_back(arch);
+  }
+#endif
+  return archs;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mambaad_kernels._C: the fused HSS scan kernels (torch ops mambaad::scan_fwd / scan_bwd)";
   m.attr("CPU_STATE_CHUNK") = mambaad::kCpuStateChunk;
@@ -34,6 +59,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("WITH_CUDA") = false;
 #endif
+  m.def("cuda_archs", &cuda_archs,
+        "The CUDA architectures compiled in: 'sm_XY' (machine code), 'compute_XY' (PTX); [] without CUDA");
   // Register the ops' fake (meta) kernels now, so that importing the extension alone is enough for
   // FakeTensor / torch.compile tracing. mambaad_kernels.cuda does not import _C at module level:
   // no import cycle.

@@ -14,13 +14,15 @@ torch op ``mambaad::hss_scan`` (:mod:`mambaad_kernels.fused`), which is all a pr
 """
 
 from . import fused  # noqa: F401  (registers the mambaad::hss_scan op)
-from .backends import BACKENDS, BackendUnavailable, available_backends, resolve_backend
+from .backends import (BACKENDS, BackendFallbackWarning, BackendUnavailable, available_backends,
+                       resolve_backend)
 from .ops import hss_scan
 from .paths import METHODS, inverse_paths, scan_path, scan_paths
 
 __all__ = [
     "BACKENDS",
     "METHODS",
+    "BackendFallbackWarning",
     "BackendUnavailable",
     "available_backends",
     "hss_scan",

@@ -11,7 +11,13 @@ Backends (named strings):
 ``backend=None`` takes ``MAMBAAD_BACKEND`` from the environment when set, else the first available
 of ``cuda, triton, reference`` for CUDA tensors and ``cpu, reference`` for CPU tensors. A backend
 that is asked for by name (argument or environment) and cannot run raises with the reason; nothing
-falls back silently.
+falls back silently: when ``backend=None`` lands on ``reference`` although a fused backend exists for
+the device type, or skips a compiled extension that is there but does not import or does not cover
+the GPU, a :class:`BackendFallbackWarning` (once per process and device type) gives the reasons
+and the fixes. ``python -m mambaad_kernels`` prints the whole picture of this machine.
+
+The ``cuda`` backend checks the GPU's compute capability against the architectures compiled into
+the extension (:func:`mambaad_kernels.cuda.cuda_archs`) before any launch.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 from types import ModuleType
 
 import torch
@@ -32,6 +39,13 @@ _KERNEL_MODULES = {"triton": "mambaad_kernels.triton", "cpu": "mambaad_kernels.c
 
 class BackendUnavailable(RuntimeError):
     """A backend that was asked for cannot run here; the message says why."""
+
+
+class BackendFallbackWarning(UserWarning):
+    """``backend=None`` had to pass over a fused backend that should have run; the message says why."""
+
+
+_WARNED: set[str] = set()  # device types whose fallback was reported in this process
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,21 +76,43 @@ def _triton_reason(device_type: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _extension_reason(device_type: str, backend: str) -> str | None:
-    # cached: whether the extension loaded, which kernels it registered and whether a CUDA device
-    # exists are fixed for the life of the process, and this check ran on every call (~25 us)
-    if device_type != backend:
-        return f"the {backend!r} backend runs on {backend} tensors, not {device_type} tensors"
+def _cpu_reason(device_type: str) -> str | None:
+    # cached: whether the extension loaded and which kernels it registered are fixed for the life of
+    # the process, and this check runs on every call (~25 us uncached)
+    if device_type != "cpu":
+        return f"the 'cpu' backend runs on cpu tensors, not {device_type} tensors"
     from . import cuda as ext  # the guarded loader; importing it never raises
 
     reason = ext.load_error()
     if reason:
         return reason
-    if not ext.has_kernels(backend):
-        return (f"the compiled extension has no {backend.upper()} kernels: rebuild it"
-                + (" with a CUDA toolkit (nvcc on PATH or CUDA_HOME set)" if backend == "cuda" else ""))
-    if backend == "cuda" and not torch.cuda.is_available():
+    if not ext.has_kernels("cpu"):
+        return "the compiled extension has no CPU kernels: rebuild it"
+    return None
+
+
+def _cuda_reason(device: torch.device) -> str | None:
+    # not cached as a whole: the device (its compute capability) varies; the parts are cached
+    if device.type != "cuda":
+        return f"the 'cuda' backend runs on cuda tensors, not {device.type} tensors"
+    from . import cuda as ext
+
+    reason = ext.load_error()
+    if reason:
+        return reason
+    archs = ext.cuda_archs()
+    no_kernels = ("the compiled extension has no CUDA kernels: rebuild it with a CUDA toolkit (nvcc on "
+                  "PATH or CUDA_HOME set): `pip install --no-build-isolation -e .` or `make ext`")
+    if archs == ():
+        return no_kernels
+    if not torch.cuda.is_available():
         return "no CUDA device is available"
+    if archs is not None:
+        reason = ext.arch_reason(archs, tuple(torch.cuda.get_device_capability(device.index)))
+        if reason:
+            return reason
+    if not ext.has_kernels("cuda"):
+        return no_kernels
     return None
 
 
@@ -89,7 +125,9 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
         return None
     if backend == "triton":
         return _triton_reason(device_type)
-    return _extension_reason(device_type, backend)
+    if backend == "cpu":
+        return _cpu_reason(device_type)
+    return _cuda_reason(torch.device(device))
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -107,9 +145,14 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     if backend is None and os.environ.get(ENV_VAR):
         backend, source = os.environ[ENV_VAR], f"environment variable {ENV_VAR}"
     if backend is None:
+        reasons = {}
         for name in _PREFERENCE.get(device.type, ("reference",)):
-            if unavailable_reason(name, device) is None:
+            reason = unavailable_reason(name, device)
+            if reason is None:
+                if reasons and device.type not in _WARNED and _should_warn(name, device):
+                    _warn_fallback(name, device, reasons)
                 return name
+            reasons[name] = reason
         return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (from {source}); expected one of {BACKENDS}")
@@ -117,6 +160,34 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     if reason:
         raise BackendUnavailable(f"backend {backend!r} (from {source}) cannot run on {device}: {reason}")
     return backend
+
+
+def _should_warn(chosen: str, device: torch.device) -> bool:
+    """Whether landing on ``chosen`` deserves a word: always on ``reference`` (a fused backend exists
+    for every device type with a preference list); on Triton (a GPU) when a compiled extension is
+    there but does not import or does not cover this GPU, a build the user made and does not get."""
+    if chosen == "reference":
+        return True
+    from . import cuda as ext
+
+    if not ext.is_built():
+        return False  # never built: Triton is the plan
+    if ext.load_error():
+        return True
+    archs = ext.cuda_archs()
+    capability = tuple(torch.cuda.get_device_capability(device.index))
+    return bool(archs) and ext.arch_reason(archs, capability) is not None
+
+
+def _warn_fallback(chosen: str, device: torch.device, reasons: dict[str, str]) -> None:
+    _WARNED.add(device.type)
+    slow = " (50-150x slower than the fused kernels on a CPU)" if chosen == "reference" else ""
+    why = "; ".join(f"{name!r}: {reason}" for name, reason in reasons.items())
+    warnings.warn(
+        f"mambaad_kernels: backend=None runs {device.type} tensors on the {chosen!r} backend{slow}, "
+        f"because {why}. Set {ENV_VAR}={chosen} (or pass backend={chosen!r}) to choose it without this "
+        f"warning; `python -m mambaad_kernels` shows what this machine has.",
+        BackendFallbackWarning, stacklevel=4)
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,13 +9,20 @@ autograd is not here: it lives once, in :mod:`mambaad_kernels.fused`, for every 
 
 This module implements the kernel contract of :mod:`mambaad_kernels.fused` (``scan_fwd``,
 ``scan_bwd``, ``states_shape``) for both backends ``"cpu"`` and ``"cuda"``.
+
+:func:`cuda_archs` lists the CUDA code the binary carries and :func:`arch_reason` says whether it
+runs on a GPU of a given compute capability (checked before a launch, not by CUDA's "no kernel image
+is available").
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+import re
 import sys
+import traceback
 
 import torch
 from torch import Tensor
@@ -25,6 +32,15 @@ BUILD_HINT = (
     "(needs a C++ compiler and ninja; a CUDA toolkit for the CUDA kernels; MAMBAAD_BUILD_EXT=0 "
     "skips the build)"
 )
+REBUILD_HINT = (
+    "it was probably built against another torch (a `pip install .` without --no-build-isolation "
+    "builds against the torch its isolated build environment downloads): rebuild it against this "
+    "torch with `make ext` or `pip install --no-build-isolation -e .` from the repository root; "
+    "`python -m mambaad_kernels` shows the whole error"
+)
+
+# The CUDA kernels use bf16 arithmetic and instructions of compute capability 8.0 (Ampere) and later.
+MIN_CUDA_CAPABILITY = (8, 0)
 
 # State checkpoint interval (steps) of each device's kernels: the CPU kernel's must equal
 # csrc/common.h kCpuStateChunk (exported as _C.CPU_STATE_CHUNK; tests compare them).
@@ -40,16 +56,101 @@ _EXT = "mambaad_kernels._C"
 @torch.compiler.assume_constant_result
 @functools.lru_cache(maxsize=None)
 def load_error() -> str | None:
-    """None when the extension is loaded, else why not and how to build it."""
+    """None when the extension is loaded, else why not and how to build (or rebuild) it."""
+    global _LOAD_TRACEBACK
+    if not is_built():
+        return f"the compiled extension mambaad_kernels._C is not built; {BUILD_HINT}"
     try:
         from . import _C  # noqa: F401  (registers the mambaad:: ops)
-    except ImportError as exc:
-        return f"the compiled extension mambaad_kernels._C is not importable ({exc}); {BUILD_HINT}"
+    except Exception as exc:  # noqa: BLE001 - an ImportError, or an error while registering the ops
+        _LOAD_TRACEBACK = "".join(traceback.format_exception(exc))
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return (f"the compiled extension mambaad_kernels._C does not import ({type(exc).__name__}: "
+                f"{first}); {REBUILD_HINT}")
     _register_fakes()
     return None
 
 
+_LOAD_TRACEBACK: str | None = None
+
+
+def load_error_details() -> str | None:
+    """The full traceback of the extension's failed import (None when it imported or is not built)."""
+    load_error()
+    return _LOAD_TRACEBACK
+
+
+def is_built() -> bool:
+    """Whether a compiled ``mambaad_kernels._C`` file is there to import (loaded or not)."""
+    return _EXT in sys.modules or importlib.util.find_spec(_EXT) is not None
+
+
+def extension_path() -> str | None:
+    """The file of the compiled extension, or None when it is not built."""
+    spec = importlib.util.find_spec(_EXT)
+    return spec.origin if spec is not None else None
+
+
+def cuda_archs() -> tuple[str, ...] | None:
+    """The CUDA code compiled into the extension: ``("sm_80", "sm_90", "compute_90")``.
+
+    ``sm_XY`` is machine code for compute capability X.Y, ``compute_XY`` PTX that the driver compiles
+    for X.Y and later. ``()`` when the extension has no CUDA kernels (or does not load); None when
+    it has CUDA kernels but predates this record (then no GPU can be checked against it).
+    """
+    if load_error():
+        return ()
+    from . import _C
+
+    if not hasattr(_C, "cuda_archs"):
+        return None if getattr(_C, "WITH_CUDA", False) else ()
+    return tuple(_C.cuda_archs())
+
+
+def _parse_arch(code: str) -> tuple[str, int, int, str]:
+    m = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", code)
+    if m is None:
+        raise ValueError(f"unrecognised CUDA architecture {code!r} (expected e.g. sm_90 or compute_90)")
+    return m[1], int(m[2]), int(m[3]), m[4]
+
+
+def arch_runs_on(code: str, capability: tuple[int, int]) -> bool:
+    """Whether CUDA code ``code`` (``sm_86``, ``compute_90``, ``sm_90a``) runs on a GPU of ``capability``.
+
+    Machine code runs on the same major version with an equal or higher minor (CUDA's binary
+    compatibility); PTX on any equal or later capability (compiled by the driver). Architecture-
+    specific code (``sm_90a``) runs only on its own capability, family code (``sm_100f``) on its
+    major version from its minor on.
+    """
+    kind, major, minor, suffix = _parse_arch(code)
+    if suffix == "a":
+        return (major, minor) == tuple(capability)
+    if kind == "sm" or suffix == "f":
+        return major == capability[0] and minor <= capability[1]
+    return (major, minor) <= tuple(capability)
+
+
+def arch_reason(archs: tuple[str, ...], capability: tuple[int, int]) -> str | None:
+    """None if the CUDA code ``archs`` runs on a GPU of ``capability``, else why not and the fix.
+
+    Args:
+        archs: what :func:`cuda_archs` returns (non-empty).
+        capability: the GPU's ``(major, minor)``, as ``torch.cuda.get_device_capability`` gives it.
+    """
+    major, minor = capability
+    gpu = f"sm_{major}{minor}"
+    if tuple(capability) < MIN_CUDA_CAPABILITY:
+        need = ".".join(map(str, MIN_CUDA_CAPABILITY))
+        return f"this GPU is {gpu}; the CUDA kernels need compute capability {need} or newer"
+    if any(arch_runs_on(code, capability) for code in archs):
+        return None
+    return (f"built for {', '.join(archs)}; this GPU is {gpu}; rebuild with "
+            f"TORCH_CUDA_ARCH_LIST={major}.{minor} (`TORCH_CUDA_ARCH_LIST={major}.{minor} "
+            f"pip install --no-build-isolation -e .`, or `make ext`)")
+
+
 @torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=None)
 def has_kernels(device_type: str) -> bool:
     """Whether the loaded extension registered kernels for ``device_type`` ('cpu' or 'cuda')."""
     if load_error():

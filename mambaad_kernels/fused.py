@@ -142,7 +142,17 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"mambaad::hss_scan runs fused backends {_FUSED}, got {backend!r}")
 
 
-@torch.library.custom_op("mambaad::hss_scan", mutates_args=())
+# The schemas are spelled out: torch 2.4 cannot infer them from this module's string annotations.
+_FWD_SCHEMA = ("(Tensor x, Tensor x_proj_weight, Tensor dt_projs_weight, Tensor dt_projs_bias, "
+               "Tensor A_logs, Tensor Ds, Tensor paths, str backend, bool grouped, bool deterministic) "
+               "-> (Tensor, Tensor, Tensor)")
+_BWD_SCHEMA = ("(Tensor dout, Tensor x, Tensor x_dbl, Tensor states, Tensor x_proj_weight, "
+               "Tensor dt_projs_weight, Tensor dt_projs_bias, Tensor A_logs, Tensor Ds, Tensor paths, "
+               "str backend, bool grouped, bool deterministic) "
+               "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("mambaad::hss_scan", mutates_args=(), schema=_FWD_SCHEMA)
 def hss_scan_op(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
                 A_logs: Tensor, Ds: Tensor, paths: Tensor, backend: str, grouped: bool,
                 deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -168,7 +178,7 @@ def _(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, paths, backe
     return (x.new_empty(b, d, h, w), x.new_empty(b, k, c, h * w, dtype=ct), x.new_empty(shape, dtype=ct))
 
 
-@torch.library.custom_op("mambaad::hss_scan_backward", mutates_args=())
+@torch.library.custom_op("mambaad::hss_scan_backward", mutates_args=(), schema=_BWD_SCHEMA)
 def hss_scan_backward_op(dout: Tensor, x: Tensor, x_dbl: Tensor, states: Tensor,
                          x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
                          A_logs: Tensor, Ds: Tensor, paths: Tensor, backend: str, grouped: bool,
