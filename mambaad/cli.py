@@ -89,7 +89,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     add("--workers", type=int, help="data-loading processes")
     add("--save-every", type=int, metavar="STEPS", help="checkpoint period in steps (0: every epoch)")
     add("--resume", nargs="?", const="auto", metavar="CKPT",
-        help="continue from CKPT, or (flag alone) from OUTPUT/last.pt if it exists")
+        help="continue from CKPT, or (flag alone) from OUTPUT/last.pt if it exists; the checkpoint must "
+        "come from the same configuration (model, image size, categories, batch size, ...)")
+    add("--init-from", metavar="CKPT",
+        help="start from the weights of CKPT (fine-tuning: new optimizer, step 0, any data)")
     add("--log-every", type=int, metavar="STEPS", help="progress-bar refresh period")
     _common(add)
 

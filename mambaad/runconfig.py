@@ -67,7 +67,11 @@ class TrainConfig:
         workers: data-loading processes per training process. device: ``cuda``, ``cpu`` or None
             (CUDA when there is one).
         save_every: checkpoint every this many steps (0: at each epoch's end); always at the end.
-        resume: a checkpoint to continue from, or ``"auto"`` (``output/last.pt`` if it exists).
+        resume: a checkpoint to continue from, or ``"auto"`` (``output/last.pt`` if it exists). It must
+            come from the same configuration (model, encoder, dataset, categories, image size, batch
+            size, process count, seed), else it is refused naming the differences.
+        init_from: a checkpoint whose weights start this run (fine-tuning: new optimizer, step 0, any
+            data and image size); ignored when ``resume`` finds a checkpoint.
         log_every: tqdm refresh period in steps.
     """
 
@@ -97,6 +101,7 @@ class TrainConfig:
     device: str | None = None
     save_every: int = 0
     resume: str | None = None
+    init_from: str | None = None
     log_every: int = 1
 
     def __post_init__(self) -> None:

@@ -11,6 +11,14 @@ Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its
 CUDA, gloo on the CPU. Only rank 0 writes (checkpoint, log, progress bar); the logged loss is the
 mean over the ranks.
 
+Resume (``--resume``): the checkpoint holds the weights, the optimizer, the position in the epoch and
+every process's drop-path random stream (:mod:`mambaad.rng`); each epoch's data order and DataLoader
+seed depend on ``(seed, epoch, rank)`` only. A run resumed from any checkpoint, SIGKILLed or not,
+mid-epoch or at an epoch's end, logs the same losses and ends with the same weights as the run that
+was never stopped, for one process and for several (same process count; tested with gloo on the
+CPU), whatever ``--workers``. A checkpoint of another configuration is refused
+(:func:`check_resumable`); ``--init-from`` fine-tunes from its weights instead.
+
 Outputs in ``output``: ``last.pt`` (see :mod:`mambaad.checkpoint`; rewritten at every save, resumable
 mid-epoch) and ``train_log.json`` (the run's settings and, per step, loss, learning rate, images/s).
 """
@@ -34,8 +42,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, model_overrides, save_checkpoint
+from .checkpoint import (RESUME_FIXED, RESUME_NOTED, load_checkpoint, model_overrides, resume_differences,
+                         save_checkpoint)
 from .data import build_train_set, resolve_categories
+from .rng import ModelRNG, loader_generator
 from .runconfig import ConfigError, TrainConfig, to_dict
 
 BASE_LR = 0.005
@@ -94,20 +104,47 @@ def lr_at(step: int, total: int, lr: float, step_at: float, gamma: float) -> flo
     return lr if step < round(step_at * total) else lr * gamma
 
 
-def _build_model(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> nn.Module:
+def _build_model(cfg: TrainConfig, source: dict[str, Any] | None, flag: str) -> nn.Module:
+    """The model of ``cfg``, or of the checkpoint ``source`` (its architecture; ``flag`` names it)."""
     from . import create_model
 
-    if ckpt is not None:
-        if ckpt["model_name"] != cfg.model and cfg.model != TrainConfig.model:
-            raise ConfigError(f"--resume: the checkpoint holds {ckpt['model_name']!r}, not {cfg.model!r}")
-        overrides = model_overrides(ckpt["model_config"])
+    if source is not None:
+        if source["model_name"] != cfg.model:
+            raise ConfigError(f"{flag}: the checkpoint holds {source['model_name']!r}, not {cfg.model!r} "
+                              f"(pass --model {source['model_name']})")
+        encoder = source["model_config"].get("encoder")
+        if cfg.encoder is not None and cfg.encoder != encoder:
+            raise ConfigError(f"{flag}: the checkpoint's encoder is {encoder!r}, not {cfg.encoder!r}")
+        overrides = model_overrides(source["model_config"])
         overrides["backend"] = cfg.backend
-        return create_model(ckpt["model_name"], **overrides)
+        return create_model(source["model_name"], **overrides)
     overrides = {k: getattr(cfg, k) for k in ("encoder", "encoder_weights") if getattr(cfg, k) is not None}
     overrides["backend"] = cfg.backend
     if cfg.pretrained is not None:
         overrides["pretrained"] = cfg.pretrained
     return create_model(cfg.model, **overrides)
+
+
+def check_resumable(ckpt: dict[str, Any], path: str, cfg: TrainConfig, categories: list[str], world: int,
+                    main: bool) -> None:
+    """Refuse a checkpoint of another configuration (naming every difference); note allowed changes.
+
+    Raises:
+        ConfigError: weights only (no optimizer state), or a setting of
+            :data:`mambaad.checkpoint.RESUME_FIXED` differs.
+    """
+    if "optimizer" not in ckpt or "step" not in ckpt:
+        raise ConfigError(f"--resume: {path} holds weights only (no optimizer state and step), it cannot be "
+                          f"resumed; to fine-tune from its weights pass --init-from {path}")
+    run = {name: getattr(cfg, name) for name in RESUME_FIXED + RESUME_NOTED if hasattr(cfg, name)}
+    run.update(categories=categories, world_size=world, betas=list(cfg.betas))
+    refused, noted = resume_differences(ckpt, run)
+    if refused:
+        raise ConfigError(f"--resume: {path} comes from a different configuration ({'; '.join(refused)}); "
+                          f"pass the checkpoint's values to continue that run, or fine-tune from its "
+                          f"weights with --init-from {path} (new optimizer, step 0) and another --output")
+    if noted and main:
+        _log(f"note: resuming with changed settings ({'; '.join(noted)})")
 
 
 def _resume_path(cfg: TrainConfig) -> str | None:
@@ -156,16 +193,22 @@ def train(cfg: TrainConfig) -> str:
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: bool) -> str:
     resume = _resume_path(cfg)
     ckpt = load_checkpoint(resume) if resume else None
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = _build_model(cfg, ckpt)
+    categories = resolve_categories(cfg.dataset, cfg.root, cfg.categories)
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        check_resumable(ckpt, resume, cfg, categories, world, main)
+    init = load_checkpoint(cfg.init_from) if ckpt is None and cfg.init_from else None
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = _build_model(cfg, ckpt or init, "--resume" if ckpt is not None else "--init-from")
+    if ckpt is not None or init is not None:
+        model.load_state_dict((ckpt or init)["state_dict"], strict=True)
     model.to(device)
-    if main and not getattr(model.config, "pretrained", True) and model.config.encoder != TFLITE_ENCODER:
+    if main and init is None and ckpt is None and not getattr(model.config, "pretrained", True) \
+            and model.config.encoder != TFLITE_ENCODER:
         _log(f"note: encoder {model.config.encoder!r} has random weights (pass --pretrained for ImageNet "
              f"weights through timm; offline: --encoder {TFLITE_ENCODER})")
+    if main and ckpt is not None and cfg.init_from:
+        _log(f"note: --init-from {cfg.init_from} ignored: resuming the run of {resume}")
 
-    categories = resolve_categories(cfg.dataset, cfg.root, cfg.categories)
     dataset = build_train_set(cfg.dataset, cfg.root, categories, cfg.image_size)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     shard = len(sampler)
@@ -177,13 +220,16 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas)
     step, epoch, epoch_step = 0, 0, 0
+    model_rng = ModelRNG(cfg.seed, rank, device)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, epoch_step = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["epoch_step"])
-    if ckpt is not None and world == 1 and ckpt.get("world_size") == 1 and "torch_rng" in ckpt:
-        torch.set_rng_state(ckpt["torch_rng"])  # one process: the run continues exactly
-    else:
-        torch.manual_seed(cfg.seed + 1000 * rank + step)  # drop-path draws differ per rank
+        states = ckpt.get("rng", {}).get("model")
+        if states is None or not model_rng.load_state_dict(states[rank]):
+            if main:
+                _log("note: the checkpoint holds no drop-path random state for this device (an older "
+                     "version, or trained on another device type): the draws restart from the seed and "
+                     "the run does not continue exactly")
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -202,20 +248,28 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
              f"categor{'ies' if len(categories) > 1 else 'y'} ({', '.join(categories)}); {total} steps "
              f"of {global_batch} images "
              f"({world} process{'es' if world > 1 else ''}, {device}), lr {lr:g}"
-             + (f"; resumed from {resume} at step {step}" if ckpt is not None else ""))
+             + (f"; resumed from {resume} at step {step}" if ckpt is not None else "")
+             + (f"; weights from {cfg.init_from}" if init is not None else ""))
 
     def save() -> None:
+        # every rank's drop-path stream goes into the checkpoint: a resumed run of the same world
+        # size continues exactly
+        rng_states = [model_rng.state_dict()]
+        if world > 1:
+            rng_states = [None] * world
+            dist.all_gather_object(rng_states, model_rng.state_dict())
         if not main:
             return
-        save_checkpoint(last_path, {
-            "model_name": model.model_name, "model_config": _plain(model.config),
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch, "epoch_step": epoch_step, "torch_rng": torch.get_rng_state(),
-            "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
-            "categories": categories, "world_size": world, "lr": lr, "total_steps": total})
+        # the log first: a kill between the two writes leaves a log that covers the checkpoint
         _write_json(log_path, {"model": model.model_name, "world_size": world, "global_batch": global_batch,
                                "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
                                "categories": categories, "config": to_dict(cfg), "steps": steps_log})
+        save_checkpoint(last_path, {
+            "model_name": model.model_name, "model_config": _plain(model.config),
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "epoch": epoch, "epoch_step": epoch_step, "rng": {"model": rng_states},
+            "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
+            "categories": categories, "world_size": world, "lr": lr, "total_steps": total})
 
     amp = cfg.amp and device.type == "cuda"
     bar = tqdm(total=total, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
@@ -226,18 +280,20 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
         sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=cfg.batch_size,
                             sampler=_Skip(sampler, epoch_step * cfg.batch_size), drop_last=drop_last,
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda")
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                            generator=loader_generator(cfg.seed, epoch, rank))
         tick = time.perf_counter()
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             current_lr = lr_at(step, total, lr, cfg.lr_step_at, cfg.lr_gamma)
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                enc, dec = ddp(images)
-                loss = reconstruction_loss(enc, dec, cfg.loss_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with model_rng.active():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    enc, dec = ddp(images)
+                    loss = reconstruction_loss(enc, dec, cfg.loss_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
             optimizer.step()
