@@ -20,12 +20,15 @@ CPU), whatever ``--workers``. A checkpoint of another configuration is refused
 (:func:`check_resumable`); ``--init-from`` fine-tunes from its weights instead.
 
 Outputs in ``output``: ``last.pt`` (see :mod:`mambaad.checkpoint`; rewritten at every save, resumable
-mid-epoch) and ``train_log.json`` (the run's settings and, per step, loss, learning rate, images/s).
+mid-epoch) and ``train_log.json`` (the run's settings and, per step, loss, learning rate, images/s;
+``evals``: the evaluations during training). With ``eval_every`` (:mod:`mambaad.train_eval`):
+``metrics_history.csv``, ``best.pt`` and ``curves.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 import json
 import math
@@ -44,11 +47,15 @@ from tqdm import tqdm
 
 from .checkpoint import (RESUME_FIXED, RESUME_NOTED, load_checkpoint, model_overrides, resume_differences,
                          save_checkpoint)
-from .data import build_train_set, resolve_categories
+from .data import DatasetError, build_train_set, resolve_categories
 from .rng import ModelRNG, loader_generator
 from .runconfig import ConfigError, TrainConfig, to_dict
+from .train_eval import BEST_PT, TrainEvaluator, default_eval_every
 
 BASE_LR = 0.005
+# how long the other ranks wait for rank 0's evaluation (a gloo group of its own: NCCL's default
+# timeout, 10 minutes, is shorter than an evaluation of a large test set)
+EVAL_WAIT = datetime.timedelta(hours=6)
 BASE_BATCH = 16
 TFLITE_ENCODER = "mobilenetv2_tflite"
 
@@ -218,6 +225,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
     global_batch = cfg.batch_size * world
     lr = cfg.lr if cfg.lr is not None else BASE_LR * global_batch / BASE_BATCH
 
+    epochs_total = math.ceil(total / steps_per_epoch)
+    eval_every = cfg.eval_every if cfg.eval_every is not None else default_eval_every(epochs_total)
+
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas)
     step, epoch, epoch_step = 0, 0, 0
     model_rng = ModelRNG(cfg.seed, rank, device)
@@ -239,17 +249,48 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
     log_path = os.path.join(cfg.output, "train_log.json")
     last_path = os.path.join(cfg.output, "last.pt")
     steps_log: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
     if main:
         os.makedirs(cfg.output, exist_ok=True)
         if ckpt is not None and os.path.isfile(log_path):
             with open(log_path) as f:
-                steps_log = [s for s in json.load(f).get("steps", []) if s["step"] <= step]
+                kept = json.load(f)
+            steps_log = [s for s in kept.get("steps", []) if s["step"] <= step]
+            evals = [e for e in kept.get("evals", []) if e["step"] <= step]
+    evaluator = None
+    last_eval_step = int(ckpt.get("last_eval_step") or 0) if ckpt is not None else 0
+    if eval_every:
+        try:
+            evaluator = TrainEvaluator(cfg, categories, device, evals, ckpt.get("best") if ckpt else None)
+        except DatasetError as err:
+            if cfg.eval_every is not None:
+                raise DatasetError(f"--eval-every {cfg.eval_every}: {err} (pass --eval-root, or "
+                                   "--eval-every 0)") from err
+            if main:
+                _log(f"note: no evaluation during training ({err}); --eval-every 0 silences this note")
+    wait_group = dist.new_group(backend="gloo", timeout=EVAL_WAIT) if evaluator is not None and world > 1 else None
+    if main:
         _log(f"training {model.model_name} on {len(dataset)} images of {len(categories)} "
              f"categor{'ies' if len(categories) > 1 else 'y'} ({', '.join(categories)}); {total} steps "
              f"of {global_batch} images "
              f"({world} process{'es' if world > 1 else ''}, {device}), lr {lr:g}"
              + (f"; resumed from {resume} at step {step}" if ckpt is not None else "")
-             + (f"; weights from {cfg.init_from}" if init is not None else ""))
+             + (f"; weights from {cfg.init_from}" if init is not None else "")
+             + (f"; evaluating every {eval_every} epoch{'s' if eval_every > 1 else ''} on the test split "
+                f"of {cfg.eval_root or cfg.root}, best.pt by {cfg.select_by}" if evaluator is not None else ""))
+
+    def payload() -> dict[str, Any]:
+        return {"model_name": model.model_name, "model_config": _plain(model.config),
+                "state_dict": model.state_dict(), "step": step, "epoch": epoch, "epoch_step": epoch_step,
+                "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
+                "categories": categories, "world_size": world, "lr": lr, "total_steps": total,
+                "best": evaluator.best if evaluator else None, "last_eval_step": last_eval_step}
+
+    def write_log() -> None:
+        _write_json(log_path, {"model": model.model_name, "world_size": world, "global_batch": global_batch,
+                               "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
+                               "categories": categories, "config": to_dict(cfg), "steps": steps_log,
+                               "evals": evaluator.history if evaluator else evals})
 
     def save() -> None:
         # every rank's drop-path stream goes into the checkpoint: a resumed run of the same world
@@ -261,15 +302,28 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
         if not main:
             return
         # the log first: a kill between the two writes leaves a log that covers the checkpoint
-        _write_json(log_path, {"model": model.model_name, "world_size": world, "global_batch": global_batch,
-                               "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
-                               "categories": categories, "config": to_dict(cfg), "steps": steps_log})
-        save_checkpoint(last_path, {
-            "model_name": model.model_name, "model_config": _plain(model.config),
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch, "epoch_step": epoch_step, "rng": {"model": rng_states},
-            "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
-            "categories": categories, "world_size": world, "lr": lr, "total_steps": total})
+        write_log()
+        save_checkpoint(last_path, {**payload(), "optimizer": optimizer.state_dict(),
+                                    "rng": {"model": rng_states}})
+
+    def run_eval() -> None:
+        """Rank 0 evaluates (the plain model: no collective inside), the other ranks wait."""
+        nonlocal saved_at, last_eval_step
+        if main:
+            since = evaluator.history[-1]["step"] if evaluator.history else 0
+            recent = [s["loss"] for s in steps_log if s["step"] > since]
+            entry = evaluator.evaluate(model, step / steps_per_epoch, step,
+                                       sum(recent) / len(recent) if recent else float("nan"))
+            if entry["best"]:
+                save_checkpoint(os.path.join(cfg.output, BEST_PT),
+                                {**payload(), "eval_metrics": entry["metrics"]})
+            bar.write(evaluator.summary(entry), file=sys.stderr)
+            write_log()
+            evaluator.write(steps_log, steps_per_epoch)
+        if world > 1:
+            dist.barrier(group=wait_group)
+        saved_at = -1  # last.pt must now record the new best and history
+        last_eval_step = step
 
     amp = cfg.amp and device.type == "cuda"
     bar = tqdm(total=total, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
@@ -318,6 +372,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{speed:.1f}", epoch=epoch)
             if epoch_step >= steps_per_epoch:
                 epoch, epoch_step = epoch + 1, 0
+                if evaluator is not None and epoch % eval_every == 0:
+                    run_eval()
                 if not cfg.save_every:
                     save()
                     saved_at = step
@@ -326,6 +382,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
                 saved_at = step
             if step >= total or epoch_step == 0:
                 break
+    if evaluator is not None and last_eval_step != step:
+        run_eval()  # the end of training, when no periodic evaluation fell on it
     bar.close()
     if saved_at != step:
         save()

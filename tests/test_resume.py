@@ -62,6 +62,51 @@ def _ckpt_step(path: str) -> int | None:
         return None
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own, so killing
+    torchrun's process group would leave them running)."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                continue
+            out += children
+            todo += children
+    return out
+
+
+def _hard_kill(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process below it, at once (each in its own process group)."""
+    os.kill(proc.pid, signal.SIGSTOP)  # no new children while we look
+    victims = _descendants(proc.pid)
+    for pid in [proc.pid, *victims]:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.monotonic() + 30
+    for pid in victims:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(")")[-1].split()[0] == "Z":  # dead, not yet reaped
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"process {pid} survived SIGKILL")
+
+
 def _kill_when(proc: subprocess.Popen, out: str, wanted: int, snapshots: str | None = None,
                timeout: float = 300) -> int:
     """SIGKILL ``proc`` (its whole process group) once ``out/last.pt`` holds step >= ``wanted``; copy
@@ -74,8 +119,7 @@ def _kill_when(proc: subprocess.Popen, out: str, wanted: int, snapshots: str | N
             seen = mtime
             step = _ckpt_step(path)
             if step is not None and step >= wanted:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _hard_kill(proc)
                 assert proc.returncode == -signal.SIGKILL
                 return _ckpt_step(path)
             if step is not None and snapshots is not None:
@@ -84,7 +128,7 @@ def _kill_when(proc: subprocess.Popen, out: str, wanted: int, snapshots: str | N
                 shutil.copy(path, folder)  # the checkpoint first: the log written before it covers it
                 shutil.copy(os.path.join(out, "train_log.json"), folder)
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    _hard_kill(proc)
     raise AssertionError(f"no checkpoint of step >= {wanted} within {timeout} s")
 
 
@@ -98,6 +142,8 @@ def _assert_same_run(ref: str, other: str, steps: int) -> None:
     logs = [json.load(open(os.path.join(d, "train_log.json")))["steps"] for d in (ref, other)]
     assert [s["step"] for s in logs[1]] == list(range(1, steps + 1))
     assert [(s["step"], s["loss"]) for s in logs[0]] == [(s["step"], s["loss"]) for s in logs[1]]
+    evals = [json.load(open(os.path.join(d, "train_log.json")))["evals"] for d in (ref, other)]
+    assert evals[0] == evals[1]
 
 
 def test_sigkill_then_resume_is_bit_identical(tiny_mvtec, tmp_path):
@@ -106,7 +152,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_mvtec, tmp_path):
     from A's mid-epoch checkpoint of step 4 (workers 0), A from its own last.pt (workers 2)."""
     total = 3 * STEPS_PER_EPOCH
     ref, run_a, run_b = tmp_path / "ref", tmp_path / "a", tmp_path / "b"
-    common = ("--iterations", total, "--save-every", 4)
+    common = ("--iterations", total, "--save-every", 4, "--eval-every", 0)
     ref_proc = _start(_train_cmd(tiny_mvtec, ref, *common, "--workers", 0))
     proc = _start(_train_cmd(tiny_mvtec, run_a, *common, "--workers", 2))
     killed_at = _kill_when(proc, str(run_a), 12, snapshots=str(tmp_path / "snap"))
@@ -124,18 +170,31 @@ def test_sigkill_then_resume_is_bit_identical(tiny_mvtec, tmp_path):
 
 def test_torchrun_sigkill_then_resume_is_bit_identical(tiny_mvtec, tmp_path):
     """Two gloo processes: every rank's drop-path stream is in the checkpoint, so a resumed run of the
-    same process count continues exactly (6 images per rank, batch 2: 3 steps per epoch)."""
+    same process count continues exactly (6 images per rank, batch 2: 3 steps per epoch). With an
+    evaluation at every epoch's end (steps 3, 6) and at the end (8), on rank 0 while rank 1 waits: no
+    deadlock, one progress line each, and the resumed run keeps the history and best.pt."""
     total = 8
     ref, run = tmp_path / "ref", tmp_path / "run"
-    common = ("--iterations", total, "--save-every", 2, "--workers", 0)
+    common = ("--iterations", total, "--save-every", 2, "--workers", 0, "--eval-every", 1)
     ref_proc = _start(_train_cmd(tiny_mvtec, ref, *common, procs=2))
     proc = _start(_train_cmd(tiny_mvtec, run, *common, procs=2))
     killed_at = _kill_when(proc, str(run), 4)
     assert 4 <= killed_at < total
     assert len(load_checkpoint(str(run / "last.pt"))["rng"]["model"]) == 2
-    _finish(_start(_train_cmd(tiny_mvtec, run, *common, "--resume", procs=2)))
-    _finish(ref_proc)
+    resumed = _start(_train_cmd(tiny_mvtec, run, *common, "--resume", procs=2))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    _, ref_err = ref_proc.communicate(timeout=300)
+    assert ref_proc.returncode == 0, ref_err[-3000:]
     _assert_same_run(str(ref), str(run), total)
+    evals = json.load(open(run / "train_log.json"))["evals"]
+    assert [e["step"] for e in evals] == [3, 6, 8]
+    assert ref_err.count("eval epoch") == 3  # rank 0 only
+    assert err.count("eval epoch") == sum(s > killed_at for s in (3, 6, 8))
+    best = [load_checkpoint(str(d / "best.pt")) for d in (ref, run)]
+    assert best[0]["step"] == best[1]["step"] and best[0]["best"] == best[1]["best"]
+    for key, value in best[0]["state_dict"].items():
+        assert torch.equal(value, best[1]["state_dict"][key]), key
 
 
 def cli(*args: object) -> int:
@@ -144,7 +203,7 @@ def cli(*args: object) -> int:
 
 def test_other_configuration_is_refused_unless_fine_tuning(tiny_mvtec, tmp_path, capsys):
     base = ["--root", tiny_mvtec, "--dataset", "mvtec", "--model", "mambaad_test", "--workers", 0,
-            "--iterations", 2]
+            "--iterations", 2, "--eval-every", 0]
     first = tmp_path / "first"
     assert cli("train", *base, "--categories", "disc", "--image-size", 64, "--batch-size", 2,
                "--output", first) == 0
