@@ -268,7 +268,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
                                    "--eval-every 0)") from err
             if main:
                 _log(f"note: no evaluation during training ({err}); --eval-every 0 silences this note")
-    wait_group = dist.new_group(backend="gloo", timeout=EVAL_WAIT) if evaluator is not None and world > 1 else None
+    wait_group = None
+    if evaluator is not None and world > 1:
+        wait_group = dist.new_group(backend="gloo", timeout=EVAL_WAIT)
     if main:
         _log(f"training {model.model_name} on {len(dataset)} images of {len(categories)} "
              f"categor{'ies' if len(categories) > 1 else 'y'} ({', '.join(categories)}); {total} steps "
@@ -277,7 +279,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
              + (f"; resumed from {resume} at step {step}" if ckpt is not None else "")
              + (f"; weights from {cfg.init_from}" if init is not None else "")
              + (f"; evaluating every {eval_every} epoch{'s' if eval_every > 1 else ''} on the test split "
-                f"of {cfg.eval_root or cfg.root}, best.pt by {cfg.select_by}" if evaluator is not None else ""))
+                f"of {cfg.eval_root or cfg.root}, best.pt by {cfg.select_by}"
+                if evaluator is not None else ""))
 
     def payload() -> dict[str, Any]:
         return {"model_name": model.model_name, "model_config": _plain(model.config),

@@ -251,3 +251,21 @@ def test_streams_are_dedicated():
         assert not torch.equal(torch.rand(4), first)  # each rank its own masks
     assert loader_generator(3, 2, 0).initial_seed() == loader_generator(3, 2, 0).initial_seed()
     assert loader_generator(3, 2, 0).initial_seed() != loader_generator(3, 3, 0).initial_seed()
+
+
+@pytest.mark.gpu
+def test_cuda_stream_is_dedicated_and_restorable():
+    device = torch.device("cuda", 0)
+    rng = ModelRNG(0, 0, device)
+    outer = torch.cuda.get_rng_state(device)
+    saved = rng.state_dict()
+    with rng.active():
+        first = torch.rand(4, device=device)
+    assert torch.equal(torch.cuda.get_rng_state(device), outer)
+    torch.rand(100, device=device)  # someone else draws
+    again = ModelRNG(1, 0, device)
+    assert again.load_state_dict(saved)
+    with again.active():
+        assert torch.equal(torch.rand(4, device=device), first)
+    cpu_only = {"cpu": saved["cpu"], "cuda": None}  # a checkpoint of a CPU run
+    assert not ModelRNG(0, 0, device).load_state_dict(cpu_only)
