@@ -36,7 +36,7 @@ RESUME_FIXED = ("model", "encoder", "dataset", "categories", "image_size", "batc
 # Settings that may change on resume (reported): the schedule follows the new length, the rest applies
 # from the first resumed step.
 RESUME_NOTED = ("epochs", "iterations", "lr", "betas", "weight_decay", "lr_step_at", "lr_gamma", "clip_grad",
-                "loss_weight", "amp", "root")
+                "loss_weight", "amp", "root", "eval_every", "eval_root", "select_by")
 
 
 class CheckpointError(ValueError):

@@ -52,7 +52,8 @@ class TrainEvaluator:
             ``batch_size``, ``workers``, ``output``).
         categories: the trained categories. device: where the model is.
         history: the evaluations kept from a resumed run (``train_log.json`` ``evals``).
-        best: ``last.pt``'s ``best`` entry of a resumed run (None: none yet).
+        best: ``last.pt``'s ``best`` entry of a resumed run (None: none yet; ignored when it was chosen
+            by another ``select_by``: the next evaluation then rewrites ``best.pt``).
     """
 
     def __init__(self, cfg: TrainConfig, categories: list[str], device: torch.device,
