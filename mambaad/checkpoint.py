@@ -8,15 +8,19 @@ A checkpoint (``torch.save`` of a dict, loadable with ``weights_only=True``) hol
   too, so that no download or weight file is needed to use it;
 - ``train_config`` (the :class:`mambaad.runconfig.TrainConfig` as a dict), ``image_size``,
   ``dataset``, ``categories``;
-- for resuming: ``optimizer``, ``scheduler``, ``step``, ``epoch``, ``epoch_step`` (batches of the
-  current epoch already done), ``torch_rng``;
+- for resuming: ``optimizer``, ``step``, ``epoch``, ``epoch_step`` (batches of the current epoch
+  already done), ``world_size``, ``rng`` (``{"model": [one :meth:`mambaad.rng.ModelRNG.state_dict`
+  per rank]}``, version 2; version 1 held ``torch_rng`` instead), ``best`` (the evaluation-during-training
+  state: metric, value, epoch, step);
 - written by ``mambaad eval``: ``thresholds`` (``{"image": {category: t, "all": t},
   "pixel": {...}}``, F1-max thresholds, score >= t is anomalous), ``map_range`` (the 0.1 and
   99.9 percentiles of the evaluated maps, for heat-map colours) and ``metrics``.
 
 Versions: 2 (this one) holds maps, scores and thresholds on the authors' scale (the sum over the
-three scales divided by 9, see :mod:`mambaad.anomaly`); version 1 held them undivided, so
-:func:`load_checkpoint` divides a version-1 checkpoint's ``thresholds`` and ``map_range`` by 9.
+three scales divided by 9, see :mod:`mambaad.anomaly`) and the per-rank random streams; version 1
+held the maps undivided, so :func:`load_checkpoint` divides a version-1 checkpoint's ``thresholds``
+and ``map_range`` by 9 (and marks it version 2; its missing ``rng`` still tells a resumed run that it
+cannot continue exactly).
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ import torch.nn as nn
 FORMAT = "mambaad-checkpoint"
 VERSION = 2
 _V1_MAP_FACTOR = 9.0  # version 1's maps: the sum over 3 scales; version 2: that sum / (3 x 3 unit weights)
+
+# Settings a resumed run must share with its checkpoint (they define the model, the data it sees and
+# the order it sees it in); a different value is refused (``--init-from`` fine-tunes instead).
+RESUME_FIXED = ("model", "encoder", "dataset", "categories", "image_size", "batch_size", "world_size", "seed")
+# Settings that may change on resume (reported): the schedule follows the new length, the rest applies
+# from the first resumed step.
+RESUME_NOTED = ("epochs", "iterations", "lr", "betas", "weight_decay", "lr_step_at", "lr_gamma", "clip_grad",
+                "loss_weight", "amp", "root", "eval_every", "eval_root", "select_by")
 
 
 class CheckpointError(ValueError):
@@ -86,6 +98,40 @@ def _rescale_v1(ckpt: dict[str, Any]) -> None:
     for name, (lo, hi) in ckpt.get("map_range", {}).items():
         ckpt["map_range"][name] = [lo / _V1_MAP_FACTOR, hi / _V1_MAP_FACTOR]
     ckpt["version"] = VERSION
+
+
+def resume_differences(ckpt: dict[str, Any], run: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What differs between a checkpoint's run and this one.
+
+    Args:
+        ckpt: from :func:`load_checkpoint`.
+        run: this run's ``RESUME_FIXED`` and ``RESUME_NOTED`` values (``encoder`` None: the model's own;
+            ``categories`` resolved to a list).
+
+    Returns:
+        ``(refused, noted)``: ``"name: checkpoint X, this run Y"`` for each differing setting of
+        ``RESUME_FIXED`` and of ``RESUME_NOTED``.
+    """
+    trained = dict(ckpt.get("train_config", {}))
+    trained.update(model=ckpt["model_name"], encoder=ckpt["model_config"].get("encoder"),
+                   categories=ckpt.get("categories"), image_size=ckpt.get("image_size"),
+                   dataset=ckpt.get("dataset"), world_size=ckpt.get("world_size"))
+    if run.get("encoder") is None:
+        run = {**run, "encoder": trained["encoder"]}
+
+    def differ(names: tuple[str, ...]) -> list[str]:
+        out = []
+        for name in names:
+            old, new = trained.get(name), run.get(name)
+            if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+                same = list(old) == list(new)
+            else:
+                same = old == new
+            if not same:
+                out.append(f"{name}: checkpoint {old!r}, this run {new!r}")
+        return out
+
+    return differ(RESUME_FIXED), differ(RESUME_NOTED)
 
 
 def model_overrides(config: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (multi-class: all chosen categories together)",
                        description="Train MambaAD with the authors' recipe: AdamW lr 0.005 x batch/16, "
                        "weight decay 1e-4, lr x0.1 at 80% of the steps, grad clip 5, loss 5 x MSE. "
-                       "Writes OUTPUT/last.pt and OUTPUT/train_log.json.")
+                       "Writes OUTPUT/last.pt and OUTPUT/train_log.json; evaluating during "
+                       "training: OUTPUT/metrics_history.csv, best.pt and curves.png.")
     add = _Adder(p, TrainConfig)
     add("--root", metavar="DIR", help="dataset root folder (required)")
     add("--dataset", choices=DATASET_KINDS, help="dataset layout")
@@ -90,8 +91,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     add("--workers", type=int, help="data-loading processes")
     add("--save-every", type=int, metavar="STEPS", help="checkpoint period in steps (0: every epoch)")
     add("--resume", nargs="?", const="auto", metavar="CKPT",
-        help="continue from CKPT, or (flag alone) from OUTPUT/last.pt if it exists")
+        help="continue from CKPT, or (flag alone) from OUTPUT/last.pt if it exists; the checkpoint must "
+        "come from the same configuration (model, image size, categories, batch size, ...)")
+    add("--init-from", metavar="CKPT",
+        help="start from the weights of CKPT (fine-tuning: new optimizer, step 0, any data)")
     add("--log-every", type=int, metavar="STEPS", help="progress-bar refresh period")
+    add("--eval-every", type=int, metavar="EPOCHS",
+        help="evaluate on the test split every EPOCHS epochs and at the end: metrics_history.csv, "
+        "best.pt, curves.png (default: a tenth of the epochs; 0: off)")
+    add("--eval-root", metavar="DIR", help="dataset root of that test split (default: --root)")
+    add("--select-by", metavar="METRIC",
+        help="mean metric that picks best.pt: one of i_auroc, i_ap, i_f1max, p_auroc, p_ap, p_f1max, "
+        "aupro, mad, or a sum such as i_auroc+aupro")
     _common(add)
 
 

@@ -96,6 +96,22 @@ def _score(model: torch.nn.Module, dataset: AnomalyDataset, cfg: EvalConfig, dev
     return acc, np.concatenate(scores), np.concatenate(labels), np.concatenate(sample)
 
 
+def score_test_sets(model: torch.nn.Module, test_sets: dict[str, AnomalyDataset], cfg: EvalConfig,
+                    device: torch.device) -> dict[str, dict[str, float]]:
+    """The table of :func:`evaluate` for a model in memory (no thresholds, figures or files).
+
+    Args:
+        model: in eval mode, on ``device``. test_sets: ``{category: test set}``.
+        cfg: batch size, workers, bins and exactness of the evaluation.
+
+    Returns:
+        ``{category: {i_auroc, ..., mad}, ..., "mean": {...}}``, fractions (NaN where undefined).
+    """
+    results = {name: _score(model, ds, cfg, device, name)[0].compute() for name, ds in test_sets.items()}
+    results["mean"] = mean_row(results)
+    return results
+
+
 @torch.no_grad()
 def save_figures(model: torch.nn.Module, dataset: AnomalyDataset, scores: np.ndarray, labels: np.ndarray,
                  threshold: float, lo: float, hi: float, count: int, folder: str,

@@ -44,6 +44,22 @@ def _check_image_size(size: int | None) -> None:
         raise ConfigError(f"image_size must be a multiple of 32 and at least 64, got {size}")
 
 
+def selection_keys(select_by: str) -> list[str]:
+    """The metric keys of a ``select_by`` expression (``"i_auroc+p_auroc"`` -> both keys).
+
+    Raises:
+        ConfigError: an empty expression or a key that is not a metric.
+    """
+    from .metrics import ALL_KEYS
+
+    keys = [k.strip() for k in str(select_by).split("+")]
+    bad = [k for k in keys if k not in ALL_KEYS]
+    if bad:
+        raise ConfigError(f"select_by {select_by!r}: unknown metric(s) {', '.join(map(repr, bad))}; use "
+                          f"one of {', '.join(ALL_KEYS)} or a sum joined by '+'")
+    return keys
+
+
 @dataclass
 class TrainConfig:
     """``mambaad train``: the authors' recipe as defaults (SPEC "Training and evaluation").
@@ -67,8 +83,17 @@ class TrainConfig:
         workers: data-loading processes per training process. device: ``cuda``, ``cpu`` or None
             (CUDA when there is one).
         save_every: checkpoint every this many steps (0: at each epoch's end); always at the end.
-        resume: a checkpoint to continue from, or ``"auto"`` (``output/last.pt`` if it exists).
+        resume: a checkpoint to continue from, or ``"auto"`` (``output/last.pt`` if it exists). It must
+            come from the same configuration (model, encoder, dataset, categories, image size, batch
+            size, process count, seed), else it is refused naming the differences.
+        init_from: a checkpoint whose weights start this run (fine-tuning: new optimizer, step 0, any
+            data and image size); ignored when ``resume`` finds a checkpoint.
         log_every: tqdm refresh period in steps.
+        eval_every: evaluate on the test split every this many epochs (and at the end); None: a tenth
+            of the epochs (at least 1), as the authors' trainer; 0: off.
+        eval_root: root of the test split (None: ``root``; same layout and categories).
+        select_by: the mean metric that picks ``best.pt``: a key of
+            :data:`mambaad.metrics.ALL_KEYS` or a sum of them joined by ``+`` (higher is better).
     """
 
     root: str = ""
@@ -97,7 +122,11 @@ class TrainConfig:
     device: str | None = None
     save_every: int = 0
     resume: str | None = None
+    init_from: str | None = None
     log_every: int = 1
+    eval_every: int | None = None
+    eval_root: str | None = None
+    select_by: str = "i_auroc+p_auroc"
 
     def __post_init__(self) -> None:
         self.categories = _categories(self.categories)
@@ -115,6 +144,9 @@ class TrainConfig:
             raise ConfigError(f"lr_step_at must be in (0, 1], got {self.lr_step_at}")
         if self.workers < 0 or self.save_every < 0 or self.log_every <= 0:
             raise ConfigError("workers and save_every must be >= 0, log_every > 0")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: off), got {self.eval_every}")
+        selection_keys(self.select_by)
 
     def check_required(self) -> None:
         """Raise unless ``root`` and ``output`` are set."""

@@ -11,13 +11,24 @@ Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its
 CUDA, gloo on the CPU. Only rank 0 writes (checkpoint, log, progress bar); the logged loss is the
 mean over the ranks.
 
+Resume (``--resume``): the checkpoint holds the weights, the optimizer, the position in the epoch and
+every process's drop-path random stream (:mod:`mambaad.rng`); each epoch's data order and DataLoader
+seed depend on ``(seed, epoch, rank)`` only. A run resumed from any checkpoint, SIGKILLed or not,
+mid-epoch or at an epoch's end, logs the same losses and ends with the same weights as the run that
+was never stopped, for one process and for several (same process count; tested with gloo on the
+CPU), whatever ``--workers``. A checkpoint of another configuration is refused
+(:func:`check_resumable`); ``--init-from`` fine-tunes from its weights instead.
+
 Outputs in ``output``: ``last.pt`` (see :mod:`mambaad.checkpoint`; rewritten at every save, resumable
-mid-epoch) and ``train_log.json`` (the run's settings and, per step, loss, learning rate, images/s).
+mid-epoch) and ``train_log.json`` (the run's settings and, per step, loss, learning rate, images/s;
+``evals``: the evaluations during training). With ``eval_every`` (:mod:`mambaad.train_eval`):
+``metrics_history.csv``, ``best.pt`` and ``curves.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 import json
 import math
@@ -34,11 +45,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, model_overrides, save_checkpoint
-from .data import build_train_set, resolve_categories
+from .checkpoint import (RESUME_FIXED, RESUME_NOTED, load_checkpoint, model_overrides, resume_differences,
+                         save_checkpoint)
+from .data import DatasetError, build_train_set, resolve_categories
+from .rng import ModelRNG, loader_generator
 from .runconfig import ConfigError, TrainConfig, to_dict
+from .train_eval import BEST_PT, TrainEvaluator, default_eval_every
 
 BASE_LR = 0.005
+# how long the other ranks wait for rank 0's evaluation (a gloo group of its own: NCCL's default
+# timeout, 10 minutes, is shorter than an evaluation of a large test set)
+EVAL_WAIT = datetime.timedelta(hours=6)
 BASE_BATCH = 16
 TFLITE_ENCODER = "mobilenetv2_tflite"
 
@@ -94,20 +111,47 @@ def lr_at(step: int, total: int, lr: float, step_at: float, gamma: float) -> flo
     return lr if step < round(step_at * total) else lr * gamma
 
 
-def _build_model(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> nn.Module:
+def _build_model(cfg: TrainConfig, source: dict[str, Any] | None, flag: str) -> nn.Module:
+    """The model of ``cfg``, or of the checkpoint ``source`` (its architecture; ``flag`` names it)."""
     from . import create_model
 
-    if ckpt is not None:
-        if ckpt["model_name"] != cfg.model and cfg.model != TrainConfig.model:
-            raise ConfigError(f"--resume: the checkpoint holds {ckpt['model_name']!r}, not {cfg.model!r}")
-        overrides = model_overrides(ckpt["model_config"])
+    if source is not None:
+        if source["model_name"] != cfg.model:
+            raise ConfigError(f"{flag}: the checkpoint holds {source['model_name']!r}, not {cfg.model!r} "
+                              f"(pass --model {source['model_name']})")
+        encoder = source["model_config"].get("encoder")
+        if cfg.encoder is not None and cfg.encoder != encoder:
+            raise ConfigError(f"{flag}: the checkpoint's encoder is {encoder!r}, not {cfg.encoder!r}")
+        overrides = model_overrides(source["model_config"])
         overrides["backend"] = cfg.backend
-        return create_model(ckpt["model_name"], **overrides)
+        return create_model(source["model_name"], **overrides)
     overrides = {k: getattr(cfg, k) for k in ("encoder", "encoder_weights") if getattr(cfg, k) is not None}
     overrides["backend"] = cfg.backend
     if cfg.pretrained is not None:
         overrides["pretrained"] = cfg.pretrained
     return create_model(cfg.model, **overrides)
+
+
+def check_resumable(ckpt: dict[str, Any], path: str, cfg: TrainConfig, categories: list[str], world: int,
+                    main: bool) -> None:
+    """Refuse a checkpoint of another configuration (naming every difference); note allowed changes.
+
+    Raises:
+        ConfigError: weights only (no optimizer state), or a setting of
+            :data:`mambaad.checkpoint.RESUME_FIXED` differs.
+    """
+    if "optimizer" not in ckpt or "step" not in ckpt:
+        raise ConfigError(f"--resume: {path} holds weights only (no optimizer state and step), it cannot be "
+                          f"resumed; to fine-tune from its weights pass --init-from {path}")
+    run = {name: getattr(cfg, name) for name in RESUME_FIXED + RESUME_NOTED if hasattr(cfg, name)}
+    run.update(categories=categories, world_size=world, betas=list(cfg.betas))
+    refused, noted = resume_differences(ckpt, run)
+    if refused:
+        raise ConfigError(f"--resume: {path} comes from a different configuration ({'; '.join(refused)}); "
+                          f"pass the checkpoint's values to continue that run, or fine-tune from its "
+                          f"weights with --init-from {path} (new optimizer, step 0) and another --output")
+    if noted and main:
+        _log(f"note: resuming with changed settings ({'; '.join(noted)})")
 
 
 def _resume_path(cfg: TrainConfig) -> str | None:
@@ -156,16 +200,22 @@ def train(cfg: TrainConfig) -> str:
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: bool) -> str:
     resume = _resume_path(cfg)
     ckpt = load_checkpoint(resume) if resume else None
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = _build_model(cfg, ckpt)
+    categories = resolve_categories(cfg.dataset, cfg.root, cfg.categories)
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        check_resumable(ckpt, resume, cfg, categories, world, main)
+    init = load_checkpoint(cfg.init_from) if ckpt is None and cfg.init_from else None
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = _build_model(cfg, ckpt or init, "--resume" if ckpt is not None else "--init-from")
+    if ckpt is not None or init is not None:
+        model.load_state_dict((ckpt or init)["state_dict"], strict=True)
     model.to(device)
-    if main and not getattr(model.config, "pretrained", True) and model.config.encoder != TFLITE_ENCODER:
+    if main and init is None and ckpt is None and not getattr(model.config, "pretrained", True) \
+            and model.config.encoder != TFLITE_ENCODER:
         _log(f"note: encoder {model.config.encoder!r} has random weights (pass --pretrained for ImageNet "
              f"weights through timm; offline: --encoder {TFLITE_ENCODER})")
+    if main and ckpt is not None and cfg.init_from:
+        _log(f"note: --init-from {cfg.init_from} ignored: resuming the run of {resume}")
 
-    categories = resolve_categories(cfg.dataset, cfg.root, cfg.categories)
     dataset = build_train_set(cfg.dataset, cfg.root, categories, cfg.image_size)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     shard = len(sampler)
@@ -175,15 +225,21 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
     global_batch = cfg.batch_size * world
     lr = cfg.lr if cfg.lr is not None else BASE_LR * global_batch / BASE_BATCH
 
+    epochs_total = math.ceil(total / steps_per_epoch)
+    eval_every = cfg.eval_every if cfg.eval_every is not None else default_eval_every(epochs_total)
+
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas)
     step, epoch, epoch_step = 0, 0, 0
+    model_rng = ModelRNG(cfg.seed, rank, device)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, epoch_step = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["epoch_step"])
-    if ckpt is not None and world == 1 and ckpt.get("world_size") == 1 and "torch_rng" in ckpt:
-        torch.set_rng_state(ckpt["torch_rng"])  # one process: the run continues exactly
-    else:
-        torch.manual_seed(cfg.seed + 1000 * rank + step)  # drop-path draws differ per rank
+        states = ckpt.get("rng", {}).get("model")
+        if states is None or not model_rng.load_state_dict(states[rank]):
+            if main:
+                _log("note: the checkpoint holds no drop-path random state for this device (an older "
+                     "version, or trained on another device type): the draws restart from the seed and "
+                     "the run does not continue exactly")
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -193,33 +249,87 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
     log_path = os.path.join(cfg.output, "train_log.json")
     last_path = os.path.join(cfg.output, "last.pt")
     steps_log: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
     if main:
         os.makedirs(cfg.output, exist_ok=True)
         if ckpt is not None and os.path.isfile(log_path):
             with open(log_path) as f:
-                steps_log = [s for s in json.load(f).get("steps", []) if s["step"] <= step]
+                kept = json.load(f)
+            steps_log = [s for s in kept.get("steps", []) if s["step"] <= step]
+            evals = [e for e in kept.get("evals", []) if e["step"] <= step]
+    evaluator = None
+    last_eval_step = int(ckpt.get("last_eval_step") or 0) if ckpt is not None else 0
+    if eval_every:
+        try:
+            evaluator = TrainEvaluator(cfg, categories, device, evals, ckpt.get("best") if ckpt else None)
+        except DatasetError as err:
+            if cfg.eval_every is not None:
+                raise DatasetError(f"--eval-every {cfg.eval_every}: {err} (pass --eval-root, or "
+                                   "--eval-every 0)") from err
+            if main:
+                _log(f"note: no evaluation during training ({err}); --eval-every 0 silences this note")
+    wait_group = None
+    if evaluator is not None and world > 1:
+        wait_group = dist.new_group(backend="gloo", timeout=EVAL_WAIT)
+    if main:
         _log(f"training {model.model_name} on {len(dataset)} images of {len(categories)} "
              f"categor{'ies' if len(categories) > 1 else 'y'} ({', '.join(categories)}); {total} steps "
              f"of {global_batch} images "
              f"({world} process{'es' if world > 1 else ''}, {device}), lr {lr:g}"
-             + (f"; resumed from {resume} at step {step}" if ckpt is not None else ""))
+             + (f"; resumed from {resume} at step {step}" if ckpt is not None else "")
+             + (f"; weights from {cfg.init_from}" if init is not None else "")
+             + (f"; evaluating every {eval_every} epoch{'s' if eval_every > 1 else ''} on the test split "
+                f"of {cfg.eval_root or cfg.root}, best.pt by {cfg.select_by}"
+                if evaluator is not None else ""))
         if dataset.skipped:
             _log(f"skipped {len(dataset.skipped)} unreadable training image(s) (listed in {log_path})")
 
-    def save() -> None:
-        if not main:
-            return
-        save_checkpoint(last_path, {
-            "model_name": model.model_name, "model_config": _plain(model.config),
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch, "epoch_step": epoch_step, "torch_rng": torch.get_rng_state(),
-            "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
-            "categories": categories, "world_size": world, "lr": lr, "total_steps": total})
+    def payload() -> dict[str, Any]:
+        return {"model_name": model.model_name, "model_config": _plain(model.config),
+                "state_dict": model.state_dict(), "step": step, "epoch": epoch, "epoch_step": epoch_step,
+                "train_config": to_dict(cfg), "image_size": cfg.image_size, "dataset": cfg.dataset,
+                "categories": categories, "world_size": world, "lr": lr, "total_steps": total,
+                "best": evaluator.best if evaluator else None, "last_eval_step": last_eval_step}
+
+    def write_log() -> None:
         _write_json(log_path, {"model": model.model_name, "world_size": world, "global_batch": global_batch,
                                "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
                                "categories": categories, "config": to_dict(cfg),
                                "skipped_images": [{"path": p, "error": e} for p, e in dataset.skipped],
-                               "steps": steps_log})
+                               "steps": steps_log, "evals": evaluator.history if evaluator else evals})
+
+    def save() -> None:
+        # every rank's drop-path stream goes into the checkpoint: a resumed run of the same world
+        # size continues exactly
+        rng_states = [model_rng.state_dict()]
+        if world > 1:
+            rng_states = [None] * world
+            dist.all_gather_object(rng_states, model_rng.state_dict())
+        if not main:
+            return
+        # the log first: a kill between the two writes leaves a log that covers the checkpoint
+        write_log()
+        save_checkpoint(last_path, {**payload(), "optimizer": optimizer.state_dict(),
+                                    "rng": {"model": rng_states}})
+
+    def run_eval() -> None:
+        """Rank 0 evaluates (the plain model: no collective inside), the other ranks wait."""
+        nonlocal saved_at, last_eval_step
+        if main:
+            since = evaluator.history[-1]["step"] if evaluator.history else 0
+            recent = [s["loss"] for s in steps_log if s["step"] > since]
+            entry = evaluator.evaluate(model, step / steps_per_epoch, step,
+                                       sum(recent) / len(recent) if recent else float("nan"))
+            if entry["best"]:
+                save_checkpoint(os.path.join(cfg.output, BEST_PT),
+                                {**payload(), "eval_metrics": entry["metrics"]})
+            bar.write(evaluator.summary(entry), file=sys.stderr)
+            write_log()
+            evaluator.write(steps_log, steps_per_epoch)
+        if world > 1:
+            dist.barrier(group=wait_group)
+        saved_at = -1  # last.pt must now record the new best and history
+        last_eval_step = step
 
     amp = cfg.amp and device.type == "cuda"
     bar = tqdm(total=total, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
@@ -230,18 +340,20 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
         sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=cfg.batch_size,
                             sampler=_Skip(sampler, epoch_step * cfg.batch_size), drop_last=drop_last,
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda")
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                            generator=loader_generator(cfg.seed, epoch, rank))
         tick = time.perf_counter()
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             current_lr = lr_at(step, total, lr, cfg.lr_step_at, cfg.lr_gamma)
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                enc, dec = ddp(images)
-                loss = reconstruction_loss(enc, dec, cfg.loss_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with model_rng.active():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    enc, dec = ddp(images)
+                    loss = reconstruction_loss(enc, dec, cfg.loss_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
             optimizer.step()
@@ -266,6 +378,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{speed:.1f}", epoch=epoch)
             if epoch_step >= steps_per_epoch:
                 epoch, epoch_step = epoch + 1, 0
+                if evaluator is not None and epoch % eval_every == 0:
+                    run_eval()
                 if not cfg.save_every:
                     save()
                     saved_at = step
@@ -274,6 +388,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, main: 
                 saved_at = step
             if step >= total or epoch_step == 0:
                 break
+    if evaluator is not None and last_eval_step != step:
+        run_eval()  # the end of training, when no periodic evaluation fell on it
     bar.close()
     if saved_at != step:
         save()

@@ -28,7 +28,7 @@ from mambaad.train import lr_at, param_groups
 from tests.datagen import CATEGORIES, tiny_mvtec  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--model", "mambaad_test", "--image-size", "64", "--workers", "0"]
+FAST = ["--model", "mambaad_test", "--image-size", "64", "--workers", "0", "--eval-every", "0"]
 LONGER_STEPS = 30
 
 
