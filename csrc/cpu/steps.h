@@ -43,11 +43,15 @@ inline void prepare_chunk(const ParamVec<T>& pv, const T* rows, int64_t C, int64
 
 // Phase B for steps [t0, t0 + nt), continuing the state h. With kOut, adds
 // y = C_t . h_t + D u_t into acc[p * kLanes] at each step's grid position p. With kSave, stores
-// h_t into hsave[(i + 1) * N] (the caller puts h_{t0 - 1} in row 0) and the decays into dsave[i * N].
+// h_t into hsave[(i + 1) * N] (the caller puts h_{t0 - 1} in row 0) and the decays into dsave[i * N],
+// and adds the dC partials gr[i] * h_t[n] into dc[i * dc_stride + n] (for the backward, whose
+// recomputation this is: dL/dy_t times the state, while the state is in a register).
 template <typename T, int NT, bool kOut, bool kSave>
 inline void forward_chunk(State<T, NT>& h, const ParamVec<T>& pv, const T* rows, int64_t C,
                           const int32_t* path, int64_t nt, const Vec<T>* delta, const Vec<T>* u, T* acc,
-                          Vec<T>* hsave, Vec<T>* dsave) {
+                          Vec<T>* hsave, Vec<T>* dsave, const Vec<T>* gr = nullptr, Vec<T>* dc = nullptr,
+                          int64_t dc_stride = 0) {
+  static_assert(!(kOut && kSave), "forward_chunk: the forward (kOut) or the recomputation (kSave)");
   using V = Vec<T>;
   const int64_t N = h.N;
   const V dsk = vload(pv.d_skip);
@@ -64,6 +68,7 @@ inline void forward_chunk(State<T, NT>& h, const ParamVec<T>& pv, const T* rows,
       if constexpr (kSave) {
         hsave[(i + 1) * N + n] = h[n];
         dsave[i * N + n] = decay;
+        dc[i * dc_stride + n] += gr[i] * h[n];
       }
     }
     if constexpr (kOut) {
