@@ -3,9 +3,9 @@
 //
 // One task = (batch b, direction k, group of channel vectors). For each checkpoint chunk, last
 // to first, and each vector of kLanes channels in the task: recompute the chunk's states and
-// decays from the checkpoint with the forward's own code (steps.h), adding the dC terms on the way,
-// then run the reverse recurrence (hss_math.h: step_backward) 8 states at a time with their
-// adjoints in registers and dh carried across chunks. The sums over channels (dB, dC and d_dt, the
+// decays from the checkpoint with the forward's arithmetic (steps.h), adding the dC terms on the
+// way, and run the reverse recurrence (hss_math.h: step_backward), 8 states at a time with their
+// states or adjoints in registers, dh carried across chunks. The sums over channels (dB, dC and d_dt, the
 // gradient of x_dbl) are first summed over the task's vectors as whole vectors, (chunk, 2N + R)
 // of them, and reduced over the lanes once per chunk (not per step and vector); the sum over
 // directions of dx goes through a per-direction buffer reduced after the scan, and the parameter
@@ -55,7 +55,7 @@ struct Bwd {
     std::vector<V> hbuf, decay, delta, sig, u, gr, dz, dot, dda, part, dh_carry;
     std::vector<T> sums;  // (chunk, C): part's lanes summed
     Scratch(const CpuGeometry& cg, int64_t max_vectors)
-        : hbuf((cg.chunk + 1) * cg.g.N), decay(cg.chunk * cg.g.N), delta(cg.chunk), sig(cg.chunk),
+        : hbuf((cg.chunk + 1) * kBlock), decay(cg.chunk * kBlock), delta(cg.chunk), sig(cg.chunk),
           u(cg.chunk), gr(cg.chunk), dz(cg.chunk), dot(cg.chunk), dda(cg.chunk), part(cg.chunk * cg.C),
           dh_carry(max_vectors * cg.g.N), sums(cg.chunk * cg.C) {}
   };
@@ -74,8 +74,8 @@ struct Bwd {
       const T* Bt = xd + i * C + n0;
       const T* Ct = Bt + N;
       const V gr = s.gr[i], delta = s.delta[i], du = delta * s.u[i];
-      const V* dec = s.decay.data() + i * N + n0;
-      const V* hprev = s.hbuf.data() + i * N + n0;
+      const V* dec = s.decay.data() + i * w;  // the block's rows (recompute_block)
+      const V* hprev = s.hbuf.data() + i * w;
       V* part = s.part.data() + i * C + n0;
       V dot{}, dda{};
 #pragma GCC unroll 8
@@ -119,27 +119,28 @@ struct Bwd {
     const T* st = c.states + ((b * g.K + k) * g.Dk + v * kLanes) * J * N;
     T* pg = c.pgrad + ((b * g.K + k) * c.cg.nvk + v) * (N + R + 2) * kLanes;
 
-    // Recompute the chunk's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and decays: the
-    // values the forward computed, bit for bit; the dC partials g_t h_t go into part meanwhile.
+    // Per step: delta, u, sig and dL/dy_t.
     for (int64_t i = 0; i < nt; ++i) s.gr[i] = vmask(vload(gb + path[i] * Dst), mask);
-    {
-      State<T, NT> h(N);
-      h.restore(st + j * N, J * N, nvalid);
-#pragma GCC unroll 16
-      for (int64_t n = 0; n < N; ++n) s.hbuf[n] = h[n];
-      prepare_chunk<T>(pv, xd, C, N, R, path, nt, ub, Dst, mask, s.delta.data(), s.u.data(), s.sig.data());
-      forward_chunk<T, NT, false, true>(h, pv, xd, C, path, nt, s.delta.data(), s.u.data(), nullptr,
-                                        s.hbuf.data(), s.decay.data(), s.gr.data(), s.part.data() + N, C);
-    }
+    prepare_chunk<T>(pv, xd, C, N, R, path, nt, ub, Dst, mask, s.delta.data(), s.u.data(), s.sig.data());
+    State<T, NT> h0(N);
+    h0.restore(st + j * N, J * N, nvalid);
 
-    // Reverse, kBlock states at a time (N / kBlock blocks; with N unknown at compile time the last
-    // may be narrower). dA accumulates in pg's first N slots.
+    // kBlock states at a time (N / kBlock blocks; with N unknown at compile time the last may be
+    // narrower): recompute the block's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and
+    // decays, the values the forward computed, bit for bit, adding the dC partials g_t h_t into
+    // part meanwhile; then the block's reverse recurrence. dA accumulates in pg's first N slots.
     for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
       const int64_t nb = std::min(kBlock, N - n0);
-      if (nb == kBlock)
+      for (int64_t m = 0; m < nb; ++m) s.hbuf[m] = h0[n0 + m];
+      if (nb == kBlock) {
+        recompute_block<T, kBlock>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta.data(), s.u.data(),
+                                   s.gr.data(), s.hbuf.data(), s.decay.data(), s.part.data() + N + n0, C);
         reverse_block<kBlock>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
-      else
+      } else {
+        recompute_block<T, 0>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta.data(), s.u.data(), s.gr.data(),
+                              s.hbuf.data(), s.decay.data(), s.part.data() + N + n0, C);
         reverse_block<0>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
+      }
     }
 
     // Per step: dz = d loss / d z_t, du (into dub at the step's grid position), d_dt_b and d_Ds.
