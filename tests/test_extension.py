@@ -131,8 +131,9 @@ def test_backward_state_blocks(C, n, dtype, monkeypatch):
     x, x_dbl, *params = args
     got = ext.scan_bwd(dout, x, x_dbl, states, *params, False, True)
     again = ext.scan_bwd(dout, x, x_dbl, states, *params, False, True)
-    want = kernel_contract.scan_bwd(dout.double(), x.double(), x_dbl.double(), states.double(),
-                                    *[p.double() if p.is_floating_point() else p for p in params], False, True)
+    params64 = [p.double() if p.is_floating_point() else p for p in params]
+    want = kernel_contract.scan_bwd(dout.double(), x.double(), x_dbl.double(), states.double(), *params64,
+                                    False, True)
     tol = 1e-4 if dtype == F32 else 1e-10
     for name, g, a, w in zip(["dx", "dx_dbl", "d_dt_w", "d_dt_b", "d_A_logs", "d_Ds"], got, again, want):
         assert g.dtype == dtype and g.shape == w.shape, name
