@@ -76,6 +76,7 @@ for d, h, w in SHAPES:
     for f in cont.values():
         f()
     res = {k: [] for k in cont}
+    CPU.clear()  # CPU times per shape
     for rd in range(rounds):
         names = list(cont)
         names = names[rd % len(names):] + names[:rd % len(names)]
@@ -92,4 +93,8 @@ for d, h, w in SHAPES:
         med, mn = statistics.median(ts), min(ts)
         cm = min(CPU.get(nm, [math.nan]))
         print(f"  {nm:13s} median {med*1e3:8.2f} ms  min {mn*1e3:8.2f} ms  median/fwd-floor {med/floor:6.2f}  min/fwd-floor {mn/floor:6.2f}  cpu/thr min {cm*1e3:8.2f} ms ({cm/floor:5.2f}x)")
+    if "kern_fwd" in res and "kern_bwd" in res:  # issue 20's ratio, same instruction set, same run
+        mf, mb = statistics.median(res["kern_fwd"]), statistics.median(res["kern_bwd"])
+        cf, cb = min(CPU["kern_fwd"]), min(CPU["kern_bwd"])
+        print(f"  kern_bwd / kern_fwd: median {mb/mf:5.2f}  cpu/thr min {cb/cf:5.2f}")
 print(f"load {os.getloadavg()}")

@@ -118,6 +118,29 @@ def test_checkpoints_and_backward_match_contract(C, grouped, monkeypatch):
         assert rel_err(g, w) < 1e-4, name
 
 
+@pytest.mark.parametrize("n, dtype", [(12, F32), (10, F64), (16, F64)], ids=["n12-f32", "n10-f64", "n16-f64"])
+def test_backward_state_blocks(C, n, dtype, monkeypatch):
+    """The backward runs the states in blocks of 8: a narrower last block (N = 12, 10) and the
+    float64 kernel (N known only at run time) against the contract's backward, from fresh random
+    inputs; two calls are bit-identical."""
+    monkeypatch.setattr(kernel_contract, "CHUNK", ext.CPU_STATE_CHUNK)
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    args = _op_args(b=2, d=11, h=9, w=17, n=n, r=3, k=4, dtype=dtype, seed=seed)
+    out, states = ext.scan_fwd(*args, False, True)
+    dout = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed + 1))
+    x, x_dbl, *params = args
+    got = ext.scan_bwd(dout, x, x_dbl, states, *params, False, True)
+    again = ext.scan_bwd(dout, x, x_dbl, states, *params, False, True)
+    params64 = [p.double() if p.is_floating_point() else p for p in params]
+    want = kernel_contract.scan_bwd(dout.double(), x.double(), x_dbl.double(), states.double(), *params64,
+                                    False, True)
+    tol = 1e-4 if dtype == F32 else 1e-10
+    for name, g, a, w in zip(["dx", "dx_dbl", "d_dt_w", "d_dt_b", "d_A_logs", "d_Ds"], got, again, want):
+        assert g.dtype == dtype and g.shape == w.shape, name
+        assert torch.equal(g, a), name
+        assert rel_err(g, w) < tol, (name, seed, rel_err(g, w))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("grouped", [False, True], ids=["hss", "gss"])
 def test_half_inputs_with_float32_x_dbl(C, dtype, grouped, monkeypatch):

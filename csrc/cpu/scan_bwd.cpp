@@ -3,14 +3,14 @@
 //
 // One task = (batch b, direction k, group of channel vectors). For each checkpoint chunk, last
 // to first, and each vector of kLanes channels in the task: recompute the chunk's states and
-// decays from the checkpoint with the forward's own code (steps.h), then run the reverse
-// recurrence (hss_math.h: step_backward) with dh carried across chunks. The sums over channels
-// (dB, dC and d_dt, the gradient of x_dbl) are reduced over a vector's lanes as they are produced
-// (a transpose-and-add of 8 vectors) and added into a (chunk, 2N + R) buffer shared by the task's
-// vectors; the sum over directions of dx goes through a per-direction buffer reduced after the
-// scan, and the parameter gradients through per-batch partials. Every sum has a fixed order: the
-// result is deterministic and independent of the number of threads (the channel grouping depends
-// on the shapes only).
+// decays from the checkpoint with the forward's arithmetic (steps.h), adding the dC terms on the
+// way, and run the reverse recurrence (hss_math.h: step_backward), 8 states at a time with their
+// states or adjoints in registers, dh carried across chunks. The sums over channels (dB, dC and d_dt, the
+// gradient of x_dbl) are first summed over the task's vectors as whole vectors, (chunk, 2N + R)
+// of them, and reduced over the lanes once per chunk (not per step and vector); the sum over
+// directions of dx goes through a per-direction buffer reduced after the scan, and the parameter
+// gradients through per-batch partials. Every sum has a fixed order: the result is deterministic
+// and independent of the number of threads (the channel grouping depends on the shapes only).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -45,21 +45,63 @@ struct BwdCtx {
 template <typename T, int NT>
 struct Bwd {
   using V = Vec<T>;
-  // N a multiple of 8 known at compile time: the lane sums go 8 states at a time, in registers.
-  static constexpr bool kBlocked = NT > 0 && NT % 8 == 0;
+  // States per block of the reverse recurrence: the block's adjoints stay in registers (8 of the
+  // 16 vector registers of AVX2; all N at once would spill them at every step).
+  static constexpr int64_t kBlock = 8;
 
-  // Per-thread scratch, reused by the thread's tasks. sums: (chunk, 2N + R) channel sums of
-  // [dB | dC | d_dt] per step.
+  // Per-thread scratch, reused by the thread's tasks. part: (chunk, C) vector partials of
+  // [dB | dC | d_dt] per step, summed over the task's channel vectors (lanes reduced once per chunk).
   struct Scratch {
-    std::vector<V> hbuf, decay, delta, sig, u, dz, prod, dh_carry;
-    std::vector<T> sums;
+    std::vector<V> hbuf, decay, delta, sig, u, gr, dz, dot, dda, part, dh_carry;
+    std::vector<T> sums;  // (chunk, C): part's lanes summed
     Scratch(const CpuGeometry& cg, int64_t max_vectors)
-        : hbuf((cg.chunk + 1) * cg.g.N), decay(cg.chunk * cg.g.N), delta(cg.chunk), sig(cg.chunk),
-          u(cg.chunk), dz(cg.chunk), prod(2 * cg.g.N + 8), dh_carry(max_vectors * cg.g.N),
-          sums(cg.chunk * cg.C) {}
+        : hbuf((cg.chunk + 1) * kBlock), decay(cg.chunk * kBlock), delta(cg.chunk), sig(cg.chunk),
+          u(cg.chunk), gr(cg.chunk), dz(cg.chunk), dot(cg.chunk), dda(cg.chunk), part(cg.chunk * cg.C),
+          dh_carry(max_vectors * cg.g.N), sums(cg.chunk * cg.C) {}
   };
 
-  // One chunk [t0, t0 + nt) of vector v: recompute, then reverse, adding into s.sums.
+  // The reverse recurrence of states [n0, n0 + nb) over the chunk's nt steps, last to first: dh
+  // carried in registers; adds the dB partials into part, dA into gA, and the step's sums over the
+  // block's states of dh_t B_t[n] (dot) and A_n q (dda), stored (first block) or added.
+  template <int64_t NB>
+  static inline void reverse_block(Scratch& s, const ParamVec<T>& pv, const T* xd, int64_t C, int64_t N,
+                                   int64_t n0, int64_t nb, int64_t nt, V* dh_carry, T* gA, bool first) {
+    const int64_t w = NB > 0 ? NB : nb;
+    V dh[kBlock] = {};
+#pragma GCC unroll 8
+    for (int64_t m = 0; m < w; ++m) dh[m] = dh_carry[n0 + m];
+    for (int64_t i = nt - 1; i >= 0; --i) {
+      const T* Bt = xd + i * C + n0;
+      const T* Ct = Bt + N;
+      const V gr = s.gr[i], delta = s.delta[i], du = delta * s.u[i];
+      const V* dec = s.decay.data() + i * w;  // the block's rows (recompute_block)
+      const V* hprev = s.hbuf.data() + i * w;
+      V* part = s.part.data() + i * C + n0;
+      V dot{}, dda{};
+#pragma GCC unroll 8
+      for (int64_t m = 0; m < w; ++m) {
+        V q;
+        const V dht = step_backward(dh[m], gr, Ct[m], dec[m], hprev[m], q);
+        part[m] += dht * du;
+        dot += dht * Bt[m];
+        dda += q * vload(pv.a + (n0 + m) * kLanes);
+        T* g = gA + (n0 + m) * kLanes;
+        vstore(g, vload(g) + q * delta);
+      }
+      if (first) {
+        s.dot[i] = dot;
+        s.dda[i] = dda;
+      } else {
+        s.dot[i] += dot;
+        s.dda[i] += dda;
+      }
+    }
+#pragma GCC unroll 8
+    for (int64_t m = 0; m < w; ++m) dh_carry[n0 + m] = dh[m];
+  }
+
+  // One chunk [t0, t0 + nt) of vector v: recompute (adding the dC partials), reverse by blocks of
+  // states, then the per-step gradients of delta and the parameters.
   static void chunk(const BwdCtx<T>& c, Scratch& s, int64_t b, int64_t k, int64_t v, int64_t j,
                     V* dh_carry) {
     const ScanGeometry& g = c.cg.g;
@@ -75,87 +117,47 @@ struct Bwd {
     const T* xd = c.xdT + (b * g.K + k) * L * C + t0 * C;  // rows of the chunk
     const int32_t* path = c.paths + k * L + t0;
     const T* st = c.states + ((b * g.K + k) * g.Dk + v * kLanes) * J * N;
+    T* pg = c.pgrad + ((b * g.K + k) * c.cg.nvk + v) * (N + R + 2) * kLanes;
 
-    // Recompute the chunk's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and decays: the
-    // values the forward computed, bit for bit.
-    {
-      State<T, NT> h(N);
-      h.restore(st + j * N, J * N, nvalid);
-#pragma GCC unroll 16
-      for (int64_t n = 0; n < N; ++n) s.hbuf[n] = h[n];
-      prepare_chunk<T>(pv, xd, C, N, R, path, nt, ub, Dst, mask, s.delta.data(), s.u.data(), s.sig.data());
-      forward_chunk<T, NT, false, true>(h, pv, xd, C, path, nt, s.delta.data(), s.u.data(), nullptr,
-                                        s.hbuf.data(), s.decay.data());
+    // Per step: delta, u, sig and dL/dy_t.
+    for (int64_t i = 0; i < nt; ++i) s.gr[i] = vmask(vload(gb + path[i] * Dst), mask);
+    prepare_chunk<T>(pv, xd, C, N, R, path, nt, ub, Dst, mask, s.delta.data(), s.u.data(), s.sig.data());
+    State<T, NT> h0(N);
+    h0.restore(st + j * N, J * N, nvalid);
+
+    // kBlock states at a time (N / kBlock blocks; with N unknown at compile time the last may be
+    // narrower): recompute the block's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and
+    // decays, the values the forward computed, bit for bit, adding the dC partials g_t h_t into
+    // part meanwhile; then the block's reverse recurrence. dA accumulates in pg's first N slots.
+    for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+      const int64_t nb = std::min(kBlock, N - n0);
+      for (int64_t m = 0; m < nb; ++m) s.hbuf[m] = h0[n0 + m];
+      if (nb == kBlock) {
+        recompute_block<T, kBlock>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta.data(), s.u.data(),
+                                   s.gr.data(), s.hbuf.data(), s.decay.data(), s.part.data() + N + n0, C);
+        reverse_block<kBlock>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
+      } else {
+        recompute_block<T, 0>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta.data(), s.u.data(), s.gr.data(),
+                              s.hbuf.data(), s.decay.data(), s.part.data() + N + n0, C);
+        reverse_block<0>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
+      }
     }
 
-    // Reverse over the chunk.
+    // Per step: dz = d loss / d z_t, du (into dub at the step's grid position), d_dt_b and d_Ds.
     const V dsk = vload(pv.d_skip);
-    State<T, NT> dh(N);
-#pragma GCC unroll 16
-    for (int64_t n = 0; n < N; ++n) dh[n] = dh_carry[n];
     V gdtb{}, gD{};
-    for (int64_t i = nt - 1; i >= 0; --i) {
-      const T* Bt = xd + i * C;
-      const T* Ct = Bt + N;
-      const V gr = vmask(vload(gb + path[i] * Dst), mask);
-      const V u = s.u[i], delta = s.delta[i], du = delta * u;
-      const V* hprev = s.hbuf.data() + i * N;
-      const V* hcur = hprev + N;
-      V* drow = s.decay.data() + i * N;
-      T* sums = s.sums.data() + i * C;
-      V dot[2] = {V{}, V{}}, dda[2] = {V{}, V{}};
-      // State n: the step's derivative; dB and dC terms out; the decay slot, dead after this
-      // step, keeps delta q for dA.
-      auto state = [&](int64_t n, V& db, V& dc) {
-        V q;
-        const V dht = step_backward(dh[n], gr, Ct[n], drow[n], hprev[n], q);
-        db = dht * du;
-        dc = gr * hcur[n];
-        dot[n & 1] += dht * Bt[n];
-        dda[n & 1] += q * vload(pv.a + n * kLanes);
-        drow[n] = q * delta;
-      };
-      if constexpr (kBlocked) {
-#pragma GCC unroll 2
-        for (int64_t n0 = 0; n0 < N; n0 += 8) {
-          V db[8], dc[8];
-#pragma GCC unroll 8
-          for (int64_t m = 0; m < 8; ++m) state(n0 + m, db[m], dc[m]);
-          add_lane_sums<T>(db, 8, sums + n0);
-          add_lane_sums<T>(dc, 8, sums + N + n0);
-        }
-      } else {
-        V* prod = s.prod.data();
-        for (int64_t n = 0; n < N; ++n) state(n, prod[n], prod[N + n]);
-        add_lane_sums<T>(prod, 2 * N, sums);  // [dB | dC], the layout of sums
-      }
-      const V dot_b = dot[0] + dot[1];
-      const V dz = ((dda[0] + dda[1]) + u * dot_b) * s.sig[i];  // d loss / d z_t
+    for (int64_t i = 0; i < nt; ++i) {
+      const V gr = s.gr[i], u = s.u[i];
+      const V dz = (s.dda[i] + u * s.dot[i]) * s.sig[i];
       s.dz[i] = dz;
-      vstore_n(dub + path[i] * Dst, gr * dsk + delta * dot_b, nvalid);
+      vstore_n(dub + path[i] * Dst, gr * dsk + s.delta[i] * s.dot[i], nvalid);
       gdtb += dz;
       gD += gr * u;
     }
-#pragma GCC unroll 16
-    for (int64_t n = 0; n < N; ++n) dh_carry[n] = dh[n];
-
-    // Parameter gradients of the chunk, in step order: dA from the delta q kept in the decay
-    // slots; d_dt_b, d_Ds; then d_dt_w and the d_dt sums, 8 dt rows at a time.
-    T* pg = c.pgrad + ((b * g.K + k) * c.cg.nvk + v) * (N + R + 2) * kLanes;
-    {
-      State<T, NT> gA(N);
-#pragma GCC unroll 16
-      for (int64_t n = 0; n < N; ++n) gA[n] = vload(pg + n * kLanes);
-      for (int64_t i = 0; i < nt; ++i) {
-        const V* dq = s.decay.data() + i * N;
-#pragma GCC unroll 16
-        for (int64_t n = 0; n < N; ++n) gA[n] += dq[n];
-      }
-#pragma GCC unroll 16
-      for (int64_t n = 0; n < N; ++n) vstore(pg + n * kLanes, gA[n]);
-    }
     vstore(pg + (N + R) * kLanes, vload(pg + (N + R) * kLanes) + gdtb);
     vstore(pg + (N + R + 1) * kLanes, vload(pg + (N + R + 1) * kLanes) + gD);
+
+    // d_dt_w (in registers, 8 dt rows at a time) and the d_dt partials (into part).
     for (int64_t r0 = 0; r0 < R; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, R - r0);
       V w[8], dtw[8];
@@ -166,12 +168,11 @@ struct Bwd {
       for (int64_t i = 0; i < nt; ++i) {
         const V dz = s.dz[i];
         const T* dt = xd + i * C + 2 * N + r0;
-        V prod[8];
+        V* part = s.part.data() + i * C + 2 * N + r0;
         for (int64_t m = 0; m < nr; ++m) {
           w[m] += dz * dt[m];
-          prod[m] = dz * dtw[m];
+          part[m] += dz * dtw[m];
         }
-        add_lane_sums<T>(prod, nr, s.sums.data() + i * C + 2 * N + r0);
       }
       for (int64_t m = 0; m < nr; ++m) vstore(pg + (N + r0 + m) * kLanes, w[m]);
     }
@@ -191,13 +192,15 @@ struct Bwd {
         T* dst = c.dxdbl + ((gi * g.B + b) * g.K + k) * C * L;
         for (int64_t j = c.cg.J - 1; j >= 0; --j) {
           const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
-          std::fill(s.sums.begin(), s.sums.begin() + nt * C, T(0));
+          std::fill(s.part.begin(), s.part.begin() + nt * C, V{});
           for (int64_t v = v0; v < v1; ++v) chunk(c, s, b, k, v, j, s.dh_carry.data() + (v - v0) * N);
-          for (int64_t i = 0; i < nt; ++i) {  // back to x_dbl's row order [dt | B | C], at p
-            const int64_t p = path[t0 + i];
-            const T* sm = s.sums.data() + i * C;
-            for (int64_t r = 0; r < R; ++r) dst[r * L + p] = sm[2 * N + r];
-            for (int64_t n = 0; n < 2 * N; ++n) dst[(R + n) * L + p] = sm[n];
+          // Lanes summed (rows [B | C | dt] per step), then written row by row in x_dbl's row
+          // order [dt | B | C] at the steps' grid positions.
+          std::fill(s.sums.begin(), s.sums.begin() + nt * C, T(0));
+          for (int64_t i = 0; i < nt; ++i) add_lane_sums<T>(s.part.data() + i * C, C, s.sums.data() + i * C);
+          for (int64_t cc = 0; cc < C; ++cc) {
+            T* row = dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L;
+            for (int64_t i = 0; i < nt; ++i) row[path[t0 + i]] = s.sums[i * C + cc];
           }
         }
       }

@@ -53,8 +53,7 @@ struct Fwd {
       h.checkpoint(st + j * N, J * N, nvalid);
       const int64_t t0 = j * chunk, nt = std::min(L, t0 + chunk) - t0;
       prepare_chunk<T>(pv, xd + t0 * C, C, N, g.R, path + t0, nt, ub, c.cg.Dst, mask, delta, u, nullptr);
-      forward_chunk<T, NT, true, false>(h, pv, xd + t0 * C, C, path + t0, nt, delta, u, acc, nullptr,
-                                        nullptr);
+      forward_chunk<T, NT>(h, pv, xd + t0 * C, C, path + t0, nt, delta, u, acc);
     }
   }
 

@@ -41,13 +41,11 @@ inline void prepare_chunk(const ParamVec<T>& pv, const T* rows, int64_t C, int64
   }
 }
 
-// Phase B for steps [t0, t0 + nt), continuing the state h. With kOut, adds
-// y = C_t . h_t + D u_t into acc[p * kLanes] at each step's grid position p. With kSave, stores
-// h_t into hsave[(i + 1) * N] (the caller puts h_{t0 - 1} in row 0) and the decays into dsave[i * N].
-template <typename T, int NT, bool kOut, bool kSave>
+// Phase B for steps [t0, t0 + nt), continuing the state h: adds y = C_t . h_t + D u_t into
+// acc[p * kLanes] at each step's grid position p.
+template <typename T, int NT>
 inline void forward_chunk(State<T, NT>& h, const ParamVec<T>& pv, const T* rows, int64_t C,
-                          const int32_t* path, int64_t nt, const Vec<T>* delta, const Vec<T>* u, T* acc,
-                          Vec<T>* hsave, Vec<T>* dsave) {
+                          const int32_t* path, int64_t nt, const Vec<T>* delta, const Vec<T>* u, T* acc) {
   using V = Vec<T>;
   const int64_t N = h.N;
   const V dsk = vload(pv.d_skip);
@@ -60,15 +58,40 @@ inline void forward_chunk(State<T, NT>& h, const ParamVec<T>& pv, const T* rows,
     for (int64_t n = 0; n < N; ++n) {
       const V decay = Math<T>::decay(dl, vload(pv.a_scaled + n * kLanes));
       h[n] = step_decayed(h[n], decay, du, Bt[n]);
-      if constexpr (kOut) y[n & 3] += h[n] * Ct[n];
-      if constexpr (kSave) {
-        hsave[(i + 1) * N + n] = h[n];
-        dsave[i * N + n] = decay;
-      }
+      y[n & 3] += h[n] * Ct[n];
     }
-    if constexpr (kOut) {
-      T* a = acc + static_cast<int64_t>(path[i]) * kLanes;
-      vstore(a, vload(a) + (dsk * u[i] + ((y[0] + y[1]) + (y[2] + y[3]))));
+    T* a = acc + static_cast<int64_t>(path[i]) * kLanes;
+    vstore(a, vload(a) + (dsk * u[i] + ((y[0] + y[1]) + (y[2] + y[3]))));
+  }
+}
+
+// The backward's phase B for the states [n0, n0 + nb) only (nb = NB when NB > 0; the states of a
+// channel are independent, and each gets the forward's arithmetic, so the same values bit for bit).
+// h (nb) holds h_{t0 - 1} on entry. Stores h_t into hsave[(i + 1) * nb] (the caller puts
+// h_{t0 - 1} in row 0) and the decays into dsave[i * nb], and adds the dC partials gr[i] * h_t[n]
+// into dc[i * dc_stride + n - n0] (dL/dy_t times the state, while the state is in a register).
+template <typename T, int NB>
+inline void recompute_block(Vec<T>* h, const ParamVec<T>& pv, const T* rows, int64_t C, int64_t N, int64_t n0,
+                            int64_t nb, int64_t nt, const Vec<T>* delta, const Vec<T>* u,
+                            const Vec<T>* gr, Vec<T>* hsave, Vec<T>* dsave, Vec<T>* dc, int64_t dc_stride) {
+  using V = Vec<T>;
+  const int64_t w = NB > 0 ? NB : nb;
+  V hr[NB > 0 ? NB : 1];
+  V* hv = NB > 0 ? hr : h;  // a register array when the width is known at compile time
+  if constexpr (NB > 0) {
+#pragma GCC unroll 16
+    for (int64_t m = 0; m < NB; ++m) hr[m] = h[m];
+  }
+  for (int64_t i = 0; i < nt; ++i) {
+    const T* Bt = rows + i * C + n0;
+    const V dl = delta[i], du = dl * u[i], g = gr[i];
+#pragma GCC unroll 16
+    for (int64_t m = 0; m < w; ++m) {
+      const V decay = Math<T>::decay(dl, vload(pv.a_scaled + (n0 + m) * kLanes));
+      hv[m] = step_decayed(hv[m], decay, du, Bt[m]);
+      hsave[(i + 1) * w + m] = hv[m];
+      dsave[i * w + m] = decay;
+      dc[i * dc_stride + m] += g * hv[m];
     }
   }
 }
