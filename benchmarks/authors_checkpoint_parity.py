@@ -8,8 +8,9 @@ image and the decoder features and anomaly maps are compared. The authors' anoma
 
 What stands in for what the authors' file imports (so it runs on a CPU without mamba_ssm): a
 ``model`` package with their registry and ``get_model`` (timm ``resnet34``, ``features_only``,
-out_indices 1..3, as their config) and ``mamba_ssm.ops.selective_scan_interface`` with a plain
-sequential selective scan (float64 inside, written here). Their other imports must be installed:
+out_indices 1..3, as their config) and ``mamba_ssm.ops.selective_scan_interface`` with
+:func:`mambaad_kernels.reference.selective_scan` (the plain-PyTorch oracle with mamba_ssm's
+signature; fp32 state for fp32 inputs, as mamba_ssm). Their other imports must be installed:
 ``pip install einops numpy-hilbert-curve pyzorder scipy``.
 
 Usage::
@@ -35,32 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import mambaad
-
-
-def _selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                    return_last_state=False):
-    """mamba_ssm's selective-scan contract: u, delta (b, G d, L); A (G d, n); B, C (b, G, n, L)."""
-    if z is not None or return_last_state:
-        raise NotImplementedError("the stand-in scan covers what MambaAD calls (no z, no last state)")
-    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.double()[None, :, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    b, channels, length = u.shape
-    per_group = channels // B.shape[1]
-    Bs = B.repeat_interleave(per_group, dim=1).permute(3, 0, 1, 2)  # (L, b, G d, n)
-    Cs = C.repeat_interleave(per_group, dim=1).permute(3, 0, 1, 2)  # (L, b, G d, n)
-    dl, ul = delta.permute(2, 0, 1), u.permute(2, 0, 1)  # (L, b, G d)
-    h = u.new_zeros(b, channels, A.shape[1])  # (b, G d, n)
-    ys = []
-    for t in range(length):
-        h = torch.exp(dl[t][..., None] * A) * h + (dl[t] * ul[t])[..., None] * Bs[t]
-        ys.append((h * Cs[t]).sum(-1))  # (b, G d)
-    y = torch.stack(ys, -1)  # (b, G d, L)
-    if D is not None:
-        y = y + u * D.double()[None, :, None]
-    return y.float()
+from mambaad_kernels import reference
 
 
 class _Registry:
@@ -74,7 +50,7 @@ def _install_stand_ins() -> None:
     model_pkg.get_model = lambda cfg: timm.create_model("resnet34", pretrained=False, features_only=True,
                                                         out_indices=(1, 2, 3))
     scan = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
-    scan.selective_scan_fn = scan.selective_scan_ref = _selective_scan
+    scan.selective_scan_fn = scan.selective_scan_ref = reference.selective_scan
     for name in ("mamba_ssm", "mamba_ssm.ops"):
         sys.modules[name] = types.ModuleType(name)
     sys.modules.update({"model": model_pkg, "mamba_ssm.ops.selective_scan_interface": scan})
