@@ -100,8 +100,11 @@ def extension_args():
     with_cuda = bool(cu) and CUDA_HOME is not None and os.environ.get("MAMBAAD_BUILD_CUDA", "1") != "0"
     # -ffp-contract=fast: fuse a * b + c into FMAs (ISO C++ mode leaves it off otherwise)
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
-    if os.environ.get("MAMBAAD_NATIVE", "1") == "1":
-        cxx.append("-march=native")  # the extension is built on the machine that runs it
+    # No -march=native: the CPU scan loops are compiled once per instruction set (csrc/cpu/isa_*.cpp)
+    # and chosen at run time, so one build runs on any CPU of its architecture. MAMBAAD_NATIVE=1
+    # compiles everything for the building machine only (a build that may not run elsewhere).
+    if os.environ.get("MAMBAAD_NATIVE", "0") == "1":
+        cxx.append("-march=native")
     kwargs = dict(name="mambaad_kernels._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"])
     if with_cuda:

@@ -8,9 +8,11 @@
 
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common.h"
+#include "cpu/dispatch.h"
 #include "cpu/scan_cpu.h"
 
 TORCH_LIBRARY(mambaad, m) {
@@ -53,7 +55,20 @@ std::vector<std::string> cuda_archs() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mambaad_kernels._C: the fused HSS scan kernels (torch ops mambaad::scan_fwd / scan_bwd)";
   m.attr("CPU_STATE_CHUNK") = mambaad::kCpuStateChunk;
-  m.attr("CPU_LANES") = mambaad::cpu::lanes();  // channels per SIMD vector of the CPU kernels
+  // The CPU kernels' instruction-set variants (csrc/cpu/dispatch.cpp).
+  m.def("cpu_isa", [] { return std::string(mambaad::cpu::active_isa().name); },
+        "The CPU kernel variant in use: 'avx512', 'avx2', 'baseline' (x86-64), 'neon' (aarch64), ...; "
+        "chosen at the first call from the CPU, MAMBAAD_CPU_ISA or ATEN_CPU_CAPABILITY");
+  m.def("cpu_lanes", [] { return mambaad::cpu::active_isa().lanes; },
+        "float channels per SIMD vector of the CPU kernel variant in use");
+  m.def("cpu_isas", [] {
+    std::vector<std::tuple<std::string, int, bool, bool>> out;
+    for (const auto* v : mambaad::cpu::isa_variants()) out.emplace_back(v->name, v->lanes, v->supported(), v->automatic);
+    return out;
+  }, "The CPU kernel variants compiled in, best first: (name, lanes, this CPU runs it, chosen automatically)");
+  m.def("set_cpu_isa", &mambaad::cpu::set_isa, pybind11::arg("name"),
+        "Use the named CPU kernel variant from now on ('' returns to the automatic / environment choice); "
+        "returns the name in use before ('' if none was chosen yet)");
 #ifdef MAMBAAD_WITH_CUDA
   m.attr("WITH_CUDA") = true;
 #else

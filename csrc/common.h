@@ -20,10 +20,6 @@
 
 namespace mambaad {
 
-// State checkpoint interval of the CPU kernel (mambaad_kernels.cuda.CPU_STATE_CHUNK must match;
-// the extension exports it as _C.CPU_STATE_CHUNK and a test compares the two).
-constexpr int64_t kCpuStateChunk = 64;
-
 // The arithmetic type of a call: float64 for float64 inputs, float32 otherwise.
 inline at::ScalarType compute_dtype(at::ScalarType x) {
   return x == at::kDouble ? at::kDouble : at::kFloat;

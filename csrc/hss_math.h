@@ -18,6 +18,10 @@
 
 #if defined(__CUDACC__)
 #define MAMBAAD_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+// Always inlined: the CPU kernels are compiled once per instruction set (csrc/cpu/isa_*.cpp), and an
+// out-of-line copy of one of these, kept by the linker from one variant, would serve all of them.
+#define MAMBAAD_HD inline __attribute__((always_inline))
 #else
 #define MAMBAAD_HD inline
 #endif
@@ -31,6 +35,10 @@ MAMBAAD_HD double softplus(double z) { return z > 20.0 ? z : log1p(exp(z)); }
 // d softplus / dz = sigmoid(z) (torch returns 1 above the threshold; sigmoid(20) = 1 - 2e-9).
 MAMBAAD_HD float softplus_grad(float z) { return z > 20.f ? 1.f : 1.f / (1.f + expf(-z)); }
 MAMBAAD_HD double softplus_grad(double z) { return z > 20.0 ? 1.0 : 1.0 / (1.0 + exp(-z)); }
+
+// State checkpoint interval of the CPU kernel (mambaad_kernels.cuda.CPU_STATE_CHUNK must match;
+// the extension exports it as _C.CPU_STATE_CHUNK and a test compares the two).
+constexpr int64_t kCpuStateChunk = 64;
 
 // The geometry of one call, with the index maps every kernel uses.
 struct ScanGeometry {

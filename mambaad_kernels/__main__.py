@@ -1,7 +1,8 @@
 """``python -m mambaad_kernels``: what this machine can run, and why each missing backend is missing.
 
 Prints the versions (Python, torch and its CUDA, Triton), the compiled extension (its file, whether it
-imports, with the whole error when it does not, and the CUDA architectures built into it), the GPUs
+imports, with the whole error when it does not, the CPU kernel variant in use and those compiled in,
+and the CUDA architectures built into it), the GPUs
 (compute capability, covered by the build or not), and for CPU and CUDA tensors which backend
 ``backend=None`` takes and the reason for every backend that cannot run. Exit status 0: it reports.
 """
@@ -39,6 +40,7 @@ def _extension_lines() -> list[str]:
         else:
             built = ", ".join(archs) if archs else "none (no CUDA kernels)"
         lines.append(f"  CUDA code built: {built}")
+        lines.extend(_cpu_isa_lines())
     else:
         lines.append(f"  imports: no: {err}")
         details = ext.load_error_details()
@@ -46,6 +48,22 @@ def _extension_lines() -> list[str]:
             lines.append("  the import error in full:")
             lines.extend("    " + line for line in details.rstrip().splitlines())
     return lines
+
+
+def _cpu_isa_lines() -> list[str]:
+    try:
+        active = ext.cpu_isa()
+    except (ValueError, RuntimeError) as exc:  # a bad MAMBAAD_CPU_ISA / ATEN_CPU_CAPABILITY
+        active = f"none: {exc}"
+    else:
+        lanes = next((v["lanes"] for v in ext.cpu_isas() if v["name"] == active), "?")
+        active = f"{active} ({lanes} float lanes)"
+    forced = [f"{v}={os.environ[v]}" for v in ("MAMBAAD_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(v)]
+    compiled = ", ".join(
+        f"{v['name']} ({'runs here' if v['supported'] else 'not on this CPU'}"
+        f"{'' if v['automatic'] else ', testing only'})" for v in ext.cpu_isas())
+    return [f"  CPU kernels in use: {active}" + (f" ({', '.join(forced)})" if forced else ""),
+            f"  CPU kernels compiled: {compiled}"]
 
 
 def _gpu_lines() -> list[str]:

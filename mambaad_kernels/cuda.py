@@ -10,7 +10,8 @@ autograd is not here: it lives once, in :mod:`mambaad_kernels.fused`, for every 
 This module implements the kernel contract of :mod:`mambaad_kernels.fused` (``scan_fwd``,
 ``scan_bwd``, ``states_shape``) for both backends ``"cpu"`` and ``"cuda"``.
 
-:func:`cuda_archs` lists the CUDA code the binary carries and :func:`arch_reason` says whether it
+:func:`cpu_isa` names the instruction-set variant the CPU kernels run (chosen at run time, see
+:func:`cpu_isas`); :func:`cuda_archs` lists the CUDA code the binary carries and :func:`arch_reason` says whether it
 runs on a GPU of a given compute capability (checked before a launch, not by CUDA's "no kernel image
 is available").
 """
@@ -105,6 +106,43 @@ def cuda_archs() -> tuple[str, ...] | None:
     if not hasattr(_C, "cuda_archs"):
         return None if getattr(_C, "WITH_CUDA", False) else ()
     return tuple(_C.cuda_archs())
+
+
+def cpu_isa() -> str | None:
+    """The instruction-set variant of the CPU kernels in use: ``"avx512"``, ``"avx2"``,
+    ``"baseline"`` (any x86-64), ``"neon"`` (aarch64) ...; None when the extension does not load.
+
+    The extension carries the CPU scan compiled once per instruction set and takes the best this CPU
+    supports at the first call, unless ``MAMBAAD_CPU_ISA`` names one (an error if this CPU cannot
+    run it) or ``ATEN_CPU_CAPABILITY`` caps it (``default``, ``avx2``, ``avx512``, as torch reads it).
+    Raises ValueError when one of those variables names no variant.
+    """
+    if load_error():
+        return None
+    from . import _C
+
+    return _C.cpu_isa()
+
+
+def cpu_isas() -> list[dict]:
+    """The CPU kernel variants compiled in, best first: name, float lanes per vector, whether this
+    CPU runs it, whether it is chosen automatically (``avx2_16`` is a testing variant: AVX2 code at
+    AVX-512's 16 lanes). [] when the extension does not load."""
+    if load_error():
+        return []
+    from . import _C
+
+    return [dict(name=n, lanes=w, supported=s, automatic=a) for n, w, s, a in _C.cpu_isas()]
+
+
+def set_cpu_isa(name: str) -> str:
+    """Run the CPU kernels as the named variant from now on (``""``: back to the automatic or
+    environment choice). Returns the name in use before (``""`` when none was chosen yet). Raises
+    ValueError for a variant not compiled in or one this CPU cannot run."""
+    _require()
+    from . import _C
+
+    return _C.set_cpu_isa(name)
 
 
 def _parse_arch(code: str) -> tuple[str, int, int, str]:

@@ -1,6 +1,7 @@
-// Data preparation shared by the CPU forward and backward kernels: the lane layouts the scan loops
-// read (channels innermost, so kLanes channels are one vector load), the gathered x_dbl rows, and
-// the parameters packed per vector of channels. All in the compute type T (float or double).
+// Data preparation shared by the CPU forward and backward drivers: the lane layouts the scan loops
+// read (channels innermost, so the variant's W channels are one vector load), the gathered x_dbl
+// rows, and the parameters packed per vector of channels. All in the compute type T (float or
+// double). Built for the default target, like the drivers; the scan loops are per ISA (kernels.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,46 +12,9 @@
 #include <vector>
 
 #include "common.h"
-#include "cpu/simd.h"
+#include "cpu/kernels.h"
 
 namespace mambaad::cpu {
-
-// Derived sizes of one call, for the CPU kernels.
-struct CpuGeometry {
-  ScanGeometry g;
-  int64_t C;      // R + 2N rows of x_dbl
-  int64_t Dst;    // row stride of the lane layouts: D + kLanes (a vector load never leaves the row)
-  int64_t nvk;    // vectors of channels per direction: ceil(Dk / kLanes)
-  int64_t PS;     // packed parameter values per vector of channels, kLanes each
-  int64_t chunk;  // checkpoint interval
-  int64_t J;      // checkpoints: ceil(L / chunk)
-
-  CpuGeometry(const ScanGeometry& geo, int64_t chunk_)
-      : g(geo), C(geo.dbl_rows()), Dst(geo.D + kLanes), nvk((geo.Dk + kLanes - 1) / kLanes),
-        PS(2 * geo.N + geo.R + 2), chunk(chunk_), J(ScanGeometry::n_chunks(geo.L, chunk_)) {}
-
-  int nvalid(int64_t v) const { return static_cast<int>(std::min<int64_t>(kLanes, g.Dk - v * kLanes)); }
-};
-
-// Packed parameters of one vector of channels (direction k, channels d = v * kLanes + lane):
-// kLanes values each of A * kAScale [N], A [N], dt_w [R], dt_b, Ds; zero in the lanes past Dk.
-template <typename T>
-struct ParamVec {
-  const T* a_scaled;
-  const T* a;
-  const T* dt_w;
-  const T* dt_b;
-  const T* d_skip;
-
-  ParamVec(const T* pack, const CpuGeometry& cg, int64_t k, int64_t v) {
-    const T* base = pack + (k * cg.nvk + v) * cg.PS * kLanes;
-    a_scaled = base;
-    a = base + cg.g.N * kLanes;
-    dt_w = base + 2 * cg.g.N * kLanes;
-    dt_b = dt_w + cg.g.R * kLanes;
-    d_skip = dt_b + kLanes;
-  }
-};
 
 // Every row of paths must be a permutation of [0, L): the merge writes every grid position once per
 // direction, and a bad index would read out of bounds.
@@ -70,8 +34,8 @@ inline void check_paths_permutation(const char* op, const at::Tensor& paths) {
   }
 }
 
-// x (B, D, L), any strides and floating dtype -> (B, L, D + kLanes) in T, channels innermost.
-// The kLanes padding channels of each row are left unwritten: the kernels mask them.
+// x (B, D, L), any strides and floating dtype -> (B, L, D + W) in T, channels innermost.
+// The W padding channels of each row are left unwritten: the kernels mask them.
 template <typename T>
 at::Tensor to_lanes(const at::Tensor& x, const CpuGeometry& cg) {
   const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
@@ -127,7 +91,7 @@ at::Tensor gather_dbl(const at::Tensor& x_dbl, const at::Tensor& paths, const Cp
   return out;
 }
 
-// The parameters packed per (k, vector of channels), see ParamVec: (K, nvk, PS, kLanes) in T.
+// The parameters packed per (k, vector of channels), see ParamVec (steps.h): (K, nvk, PS, W) in T.
 template <typename T>
 at::Tensor pack_params(const at::Tensor& dt_w, const at::Tensor& dt_b, const at::Tensor& A_logs,
                        const at::Tensor& Ds, const CpuGeometry& cg) {
@@ -136,22 +100,23 @@ at::Tensor pack_params(const at::Tensor& dt_w, const at::Tensor& dt_b, const at:
   const at::Tensor al = A_logs.to(ct).exp().neg_().contiguous(), dsk = Ds.to(ct).contiguous();  // A
   const T *wp = w.data_ptr<T>(), *bp = bias.data_ptr<T>(), *ap = al.data_ptr<T>(), *dp = dsk.data_ptr<T>();
   const int64_t K = cg.g.K, Dk = cg.g.Dk, N = cg.g.N, R = cg.g.R;
-  at::Tensor pack = at::zeros({K, cg.nvk, cg.PS, kLanes}, dt_w.options().dtype(ct));
+  const int64_t W = cg.W;
+  at::Tensor pack = at::zeros({K, cg.nvk, cg.PS, W}, dt_w.options().dtype(ct));
   T* o = pack.data_ptr<T>();
   at::parallel_for(0, K * cg.nvk, 16, [&](int64_t begin, int64_t end) {  // one (k, v) per iteration
     for (int64_t kv = begin; kv < end; ++kv) {
       const int64_t k = kv / cg.nvk, v = kv % cg.nvk;
-      T* base = o + kv * cg.PS * kLanes;
+      T* base = o + kv * cg.PS * W;
       for (int i = 0; i < cg.nvalid(v); ++i) {
-        const int64_t d = v * kLanes + i, row = k * Dk + d;  // parameter row of (k, d)
+        const int64_t d = v * W + i, row = k * Dk + d;  // parameter row of (k, d)
         for (int64_t n = 0; n < N; ++n) {
           const T a = ap[row * N + n];
-          base[n * kLanes + i] = a * static_cast<T>(Math<T>::kAScale);
-          base[(N + n) * kLanes + i] = a;
+          base[n * W + i] = a * a_scale<T>();
+          base[(N + n) * W + i] = a;
         }
-        for (int64_t r = 0; r < R; ++r) base[(2 * N + r) * kLanes + i] = wp[(k * Dk + d) * R + r];
-        base[(2 * N + R) * kLanes + i] = bp[k * Dk + d];
-        base[(2 * N + R + 1) * kLanes + i] = dp[row];
+        for (int64_t r = 0; r < R; ++r) base[(2 * N + r) * W + i] = wp[(k * Dk + d) * R + r];
+        base[(2 * N + R) * W + i] = bp[k * Dk + d];
+        base[(2 * N + R + 1) * W + i] = dp[row];
       }
     }
   });

@@ -25,7 +25,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& dt_w, const at::Tensor& dt_b, const at::Tensor& A_logs, const at::Tensor& Ds,
     const at::Tensor& paths, bool grouped, bool deterministic);
 
-// Channels per SIMD vector of the CPU kernels (8 with AVX2, 16 with AVX-512), for information.
-int lanes();
-
 }  // namespace mambaad::cpu

@@ -1,37 +1,42 @@
 // The N state vectors of one vector of channels. With N known at compile time (NT > 0) they are a
 // plain array that the fully unrolled state loops keep in registers; otherwise a heap array.
+// Per instruction set (namespace MAMBAAD_ISA), like simd.h.
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "cpu/simd.h"
 
-namespace mambaad::cpu {
+namespace mambaad::cpu::MAMBAAD_ISA {
 
-template <typename T, int NT>
+template <typename T, int NT, int W>
 struct StateStorage {
-  Vec<T> v[NT];
+  Vec<T, W> v[NT];
   explicit StateStorage(int64_t) {}
 };
 
-template <typename T>
-struct StateStorage<T, 0> {
-  std::vector<Vec<T>> v;
-  explicit StateStorage(int64_t n) : v(static_cast<size_t>(n)) {}
+// N unknown at compile time: an array on the heap (new[] of the over-aligned vector type, not a
+// std::vector, whose out-of-line members would be shared by name with another variant's).
+template <typename T, int W>
+struct StateStorage<T, 0, W> {
+  Vec<T, W>* v;
+  explicit StateStorage(int64_t n) : v(new Vec<T, W>[static_cast<size_t>(n)]) {}
+  ~StateStorage() { delete[] v; }
+  StateStorage(const StateStorage&) = delete;
+  StateStorage& operator=(const StateStorage&) = delete;
 };
 
-template <typename T, int NT>
-struct State : StateStorage<T, NT> {
+template <typename T, int NT, int W>
+struct State : StateStorage<T, NT, W> {
   int64_t N;
 
-  explicit State(int64_t n) : StateStorage<T, NT>(n), N(NT > 0 ? NT : n) { zero(); }
+  explicit State(int64_t n) : StateStorage<T, NT, W>(n), N(NT > 0 ? NT : n) { zero(); }
 
-  Vec<T>& operator[](int64_t n) { return this->v[n]; }
+  Vec<T, W>& operator[](int64_t n) { return this->v[n]; }
 
   void zero() {
 #pragma GCC unroll 16
-    for (int64_t n = 0; n < N; ++n) this->v[n] = Vec<T>{};
+    for (int64_t n = 0; n < N; ++n) this->v[n] = Vec<T, W>{};
   }
 
   // dst[lane * lane_stride + n] = h[n][lane] for the first nvalid lanes: states (.., Dk, J, N).
@@ -45,11 +50,11 @@ struct State : StateStorage<T, NT> {
   void restore(const T* src, int64_t lane_stride, int nvalid) {
 #pragma GCC unroll 16
     for (int64_t n = 0; n < N; ++n) {
-      Vec<T> h{};
+      Vec<T, W> h{};
       for (int i = 0; i < nvalid; ++i) h[i] = src[i * lane_stride + n];
       this->v[n] = h;
     }
   }
 };
 
-}  // namespace mambaad::cpu
+}  // namespace mambaad::cpu::MAMBAAD_ISA

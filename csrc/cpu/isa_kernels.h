@@ -1,0 +1,312 @@
+// The scan loops of the CPU kernels, one source for every instruction set: each isa_*.cpp switches
+// the compiler's target, defines MAMBAAD_ISA (the namespace), MAMBAAD_ISA_LANES (W, float channels
+// per vector) and the MAMBAAD_ISA_* feature switches simd.h reads, then includes this file, which
+// defines that variant's ScanLoops (kernels.h) for float and double.
+//
+// Forward: one task = (batch b, vector of W channels[, direction k when grouped]). The task scans its
+// channels along each direction in turn, the N states of every channel in registers (vectorised
+// over the channels: no horizontal sum per step), and adds each direction's y into a task-local
+// (L, W) accumulator at the grid position the step reads: the merge over k happens in a fixed
+// order inside one task, so the result is deterministic and needs no atomics or (B, K, D, L)
+// buffer. Per step: delta = softplus(dt_w . dt + dt_b) on the fly, N decays exp(delta A) by a
+// polynomial 2^y, the state update, y = C . h + D u. The dt/B/C rows of a direction are gathered
+// once per call in scan order (prep.h), so a step reads one contiguous row shared by all channels.
+//
+// Backward: a reverse scan with the states recomputed chunk by chunk from the forward's
+// checkpoints (never a (B, K, D, L, N) tensor). One task = (batch b, direction k, group of channel
+// vectors). For each checkpoint chunk, last to first, and each vector of W channels in the task:
+// recompute the chunk's states and decays from the checkpoint with the forward's arithmetic
+// (steps.h), adding the dC terms on the way, and run the reverse recurrence (hss_math.h:
+// step_backward), 8 states at a time with their states or adjoints in registers, dh carried across
+// chunks. The sums over channels (dB, dC and d_dt, the gradient of x_dbl) are first summed over the
+// task's vectors as whole vectors, (chunk, 2N + R) of them, and reduced over the lanes once per
+// chunk (not per step and vector); the sum over directions of dx goes through a per-direction
+// buffer reduced after the scan (scan_bwd.cpp), and the parameter gradients through per-batch
+// partials. Every sum has a fixed order: the result is deterministic and independent of the number
+// of threads (the channel grouping depends on the shapes and W only).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/kernels.h"
+#include "cpu/simd.h"
+#include "cpu/state.h"
+#include "cpu/steps.h"
+
+#if !defined(MAMBAAD_ISA) || !defined(MAMBAAD_ISA_LANES)
+#error "define MAMBAAD_ISA and MAMBAAD_ISA_LANES before including cpu/isa_kernels.h"
+#endif
+
+namespace mambaad::cpu::MAMBAAD_ISA {
+
+inline constexpr int kW = MAMBAAD_ISA_LANES;
+
+template <typename T, int NT, int W>
+struct Fwd {
+  using V = Vec<T, W>;
+
+  // Direction k, channel vector v of batch b: scan all L steps, add y into acc (L, W) at grid
+  // positions, write the checkpoints.
+  static void scan(const FwdCtx<T>& c, int64_t b, int64_t k, int64_t v, T* acc) {
+    const ScanGeometry& g = c.cg.g;
+    const int64_t N = NT > 0 ? NT : g.N, C = c.cg.C, L = g.L, J = c.cg.J, chunk = c.cg.chunk;
+    const ParamVec<T, W> pv(c.pack, c.cg, k, v);
+    const int nvalid = c.cg.nvalid(v);
+    const VecI<T, W> mask = lane_mask<T, W>(nvalid);
+    const T* ub = c.xT + b * L * c.cg.Dst + g.channel(k, v * W);  // u at grid position p: ub + p * Dst
+    const T* xd = c.xdT + (b * g.K + k) * L * C;
+    const int32_t* path = c.paths + k * L;
+    T* st = c.states + ((b * g.K + k) * g.Dk + v * W) * J * N;
+    V delta[kCpuStateChunk], u[kCpuStateChunk];
+    State<T, NT, W> h(N);
+    for (int64_t j = 0; j < J; ++j) {
+      h.checkpoint(st + j * N, J * N, nvalid);
+      const int64_t t0 = j * chunk, nt = std::min(L, t0 + chunk) - t0;
+      prepare_chunk<T, W>(pv, xd + t0 * C, C, N, g.R, path + t0, nt, ub, c.cg.Dst, mask, delta, u, nullptr);
+      forward_chunk<T, NT, W>(h, pv, xd + t0 * C, C, path + t0, nt, delta, u, acc);
+    }
+  }
+
+  static void tasks(const FwdCtx<T>& c, int64_t begin, int64_t end, T* acc) {
+    const ScanGeometry& g = c.cg.g;
+    const int64_t KG = g.grouped ? g.K : 1, nvk = c.cg.nvk, L = g.L;
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / (KG * nvk), kg = idx / nvk % KG, v = idx % nvk;
+      for (int64_t e = 0; e < L * W; ++e) acc[e] = T(0);
+      const int64_t k0 = g.grouped ? kg : 0, k1 = g.grouped ? kg + 1 : g.K;
+      for (int64_t k = k0; k < k1; ++k) scan(c, b, k, v, acc);  // fixed order over k
+      const int64_t ch0 = g.channel(k0, v * W);
+      for (int i = 0; i < c.cg.nvalid(v); ++i) {
+        T* o = c.out + (b * g.D + ch0 + i) * L;
+        for (int64_t p = 0; p < L; ++p) o[p] = acc[p * W + i];
+      }
+    }
+  }
+};
+
+// Per-thread scratch of the backward, carved from one 64-byte aligned block (the driver allocates
+// it: no allocation, and no standard container of vector types, in the per-ISA code).
+template <typename T, int W>
+struct BwdScratch {
+  using V = Vec<T, W>;
+  static constexpr int64_t kBlock = 8;  // states per block of the reverse recurrence (Bwd)
+  // part: (chunk, C) vector partials of [dB | dC | d_dt] per step, summed over the task's channel
+  // vectors (lanes reduced once per chunk); sums: part's lanes summed.
+  V *hbuf, *decay, *delta, *sig, *u, *gr, *dz, *dot, *dda, *part, *dh_carry;
+  T* sums;
+
+  // Lays the buffers out from base (nullptr: only count); returns the bytes used.
+  size_t layout(char* base, const CpuGeometry& cg, int64_t max_vectors) {
+    size_t off = 0;
+    auto take = [&](auto*& p, int64_t count) {
+      using E = std::remove_reference_t<decltype(*p)>;
+      p = base ? reinterpret_cast<E*>(base + off) : nullptr;
+      off += (static_cast<size_t>(count) * sizeof(E) + 63) / 64 * 64;
+    };
+    const int64_t ch = cg.chunk;
+    take(hbuf, (ch + 1) * kBlock);
+    take(decay, ch * kBlock);
+    take(delta, ch);
+    take(sig, ch);
+    take(u, ch);
+    take(gr, ch);
+    take(dz, ch);
+    take(dot, ch);
+    take(dda, ch);
+    take(part, ch * cg.C);
+    take(dh_carry, max_vectors * cg.g.N);
+    take(sums, ch * cg.C);
+    return off;
+  }
+};
+
+template <typename T, int NT, int W>
+struct Bwd {
+  using V = Vec<T, W>;
+  using Scratch = BwdScratch<T, W>;
+  // States per block of the reverse recurrence: the block's adjoints stay in registers (8 of the
+  // 16 vector registers of AVX2; all N at once would spill them at every step).
+  static constexpr int64_t kBlock = Scratch::kBlock;
+
+  // The reverse recurrence of states [n0, n0 + nb) over the chunk's nt steps, last to first: dh
+  // carried in registers; adds the dB partials into part, dA into gA, and the step's sums over the
+  // block's states of dh_t B_t[n] (dot) and A_n q (dda), stored (first block) or added.
+  template <int64_t NB>
+  static inline void reverse_block(Scratch& s, const ParamVec<T, W>& pv, const T* xd, int64_t C, int64_t N,
+                                   int64_t n0, int64_t nb, int64_t nt, V* dh_carry, T* gA, bool first) {
+    const int64_t w = NB > 0 ? NB : nb;
+    V dh[kBlock] = {};
+#pragma GCC unroll 8
+    for (int64_t m = 0; m < w; ++m) dh[m] = dh_carry[n0 + m];
+    for (int64_t i = nt - 1; i >= 0; --i) {
+      const T* Bt = xd + i * C + n0;
+      const T* Ct = Bt + N;
+      const V gr = s.gr[i], delta = s.delta[i], du = delta * s.u[i];
+      const V* dec = s.decay + i * w;  // the block's rows (recompute_block)
+      const V* hprev = s.hbuf + i * w;
+      V* part = s.part + i * C + n0;
+      V dot{}, dda{};
+#pragma GCC unroll 8
+      for (int64_t m = 0; m < w; ++m) {
+        V q;
+        const V dht = step_backward(dh[m], gr, Ct[m], dec[m], hprev[m], q);
+        part[m] += dht * du;
+        dot += dht * Bt[m];
+        dda += q * vload<T, W>(pv.a + (n0 + m) * W);
+        T* g = gA + (n0 + m) * W;
+        vstore<T, W>(g, vload<T, W>(g) + q * delta);
+      }
+      if (first) {
+        s.dot[i] = dot;
+        s.dda[i] = dda;
+      } else {
+        s.dot[i] += dot;
+        s.dda[i] += dda;
+      }
+    }
+#pragma GCC unroll 8
+    for (int64_t m = 0; m < w; ++m) dh_carry[n0 + m] = dh[m];
+  }
+
+  // One chunk [t0, t0 + nt) of vector v: recompute (adding the dC partials), reverse by blocks of
+  // states, then the per-step gradients of delta and the parameters.
+  static void chunk(const BwdCtx<T>& c, Scratch& s, int64_t b, int64_t k, int64_t v, int64_t j,
+                    V* dh_carry) {
+    const ScanGeometry& g = c.cg.g;
+    const int64_t N = NT > 0 ? NT : g.N, R = g.R, C = c.cg.C, L = g.L, J = c.cg.J, Dst = c.cg.Dst;
+    const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
+    const ParamVec<T, W> pv(c.pack, c.cg, k, v);
+    const int nvalid = c.cg.nvalid(v);
+    const VecI<T, W> mask = lane_mask<T, W>(nvalid);
+    const int64_t ch0 = g.channel(k, v * W);
+    const T* ub = c.xT + b * L * Dst + ch0;
+    const T* gb = c.gT + b * L * Dst + ch0;
+    T* dub = c.dub + (b * (g.grouped ? 1 : g.K) + (g.grouped ? 0 : k)) * L * Dst + ch0;
+    const T* xd = c.xdT + (b * g.K + k) * L * C + t0 * C;  // rows of the chunk
+    const int32_t* path = c.paths + k * L + t0;
+    const T* st = c.states + ((b * g.K + k) * g.Dk + v * W) * J * N;
+    T* pg = c.pgrad + ((b * g.K + k) * c.cg.nvk + v) * (N + R + 2) * W;
+
+    // Per step: delta, u, sig and dL/dy_t.
+    for (int64_t i = 0; i < nt; ++i) s.gr[i] = vmask(vload<T, W>(gb + path[i] * Dst), mask);
+    prepare_chunk<T, W>(pv, xd, C, N, R, path, nt, ub, Dst, mask, s.delta, s.u, s.sig);
+    State<T, NT, W> h0(N);
+    h0.restore(st + j * N, J * N, nvalid);
+
+    // kBlock states at a time (N / kBlock blocks; with N unknown at compile time the last may be
+    // narrower): recompute the block's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and
+    // decays, the values the forward computed, bit for bit, adding the dC partials g_t h_t into
+    // part meanwhile; then the block's reverse recurrence. dA accumulates in pg's first N slots.
+    for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+      const int64_t nb = std::min(kBlock, N - n0);
+      for (int64_t m = 0; m < nb; ++m) s.hbuf[m] = h0[n0 + m];
+      if (nb == kBlock) {
+        recompute_block<T, kBlock, W>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
+                                      s.part + N + n0, C);
+        reverse_block<kBlock>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
+      } else {
+        recompute_block<T, 0, W>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
+                                 s.part + N + n0, C);
+        reverse_block<0>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
+      }
+    }
+
+    // Per step: dz = d loss / d z_t, du (into dub at the step's grid position), d_dt_b and d_Ds.
+    const V dsk = vload<T, W>(pv.d_skip);
+    V gdtb{}, gD{};
+    for (int64_t i = 0; i < nt; ++i) {
+      const V gr = s.gr[i], u = s.u[i];
+      const V dz = (s.dda[i] + u * s.dot[i]) * s.sig[i];
+      s.dz[i] = dz;
+      vstore_n<T, W>(dub + path[i] * Dst, gr * dsk + s.delta[i] * s.dot[i], nvalid);
+      gdtb += dz;
+      gD += gr * u;
+    }
+    vstore<T, W>(pg + (N + R) * W, vload<T, W>(pg + (N + R) * W) + gdtb);
+    vstore<T, W>(pg + (N + R + 1) * W, vload<T, W>(pg + (N + R + 1) * W) + gD);
+
+    // d_dt_w (in registers, 8 dt rows at a time) and the d_dt partials (into part).
+    for (int64_t r0 = 0; r0 < R; r0 += 8) {
+      const int64_t nr = std::min<int64_t>(8, R - r0);
+      V w[8], dtw[8];
+      for (int64_t m = 0; m < nr; ++m) {
+        w[m] = vload<T, W>(pg + (N + r0 + m) * W);
+        dtw[m] = vload<T, W>(pv.dt_w + (r0 + m) * W);
+      }
+      for (int64_t i = 0; i < nt; ++i) {
+        const V dz = s.dz[i];
+        const T* dt = xd + i * C + 2 * N + r0;
+        V* part = s.part + i * C + 2 * N + r0;
+        for (int64_t m = 0; m < nr; ++m) {
+          w[m] += dz * dt[m];
+          part[m] += dz * dtw[m];
+        }
+      }
+      for (int64_t m = 0; m < nr; ++m) vstore<T, W>(pg + (N + r0 + m) * W, w[m]);
+    }
+  }
+
+  static void tasks(const BwdCtx<T>& c, int64_t begin, int64_t end, void* scratch) {
+    const ScanGeometry& g = c.cg.g;
+    const int64_t G = c.G, nvk = c.cg.nvk, C = c.cg.C, L = g.L, N = g.N, R = g.R;
+    const int64_t max_vectors = (nvk + G - 1) / G;
+    Scratch s;
+    s.layout(static_cast<char*>(scratch), c.cg, max_vectors);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / (g.K * G), k = idx / G % g.K, gi = idx % G;
+      const int64_t v0 = gi * nvk / G, v1 = (gi + 1) * nvk / G;
+      for (int64_t e = 0; e < max_vectors * N; ++e) s.dh_carry[e] = V{};
+      const int32_t* path = c.paths + k * L;
+      T* dst = c.dxdbl + ((gi * g.B + b) * g.K + k) * C * L;
+      for (int64_t j = c.cg.J - 1; j >= 0; --j) {
+        const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
+        for (int64_t e = 0; e < nt * C; ++e) s.part[e] = V{};
+        for (int64_t v = v0; v < v1; ++v) chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N);
+        // Lanes summed (rows [B | C | dt] per step), then written row by row in x_dbl's row
+        // order [dt | B | C] at the steps' grid positions.
+        for (int64_t e = 0; e < nt * C; ++e) s.sums[e] = T(0);
+        for (int64_t i = 0; i < nt; ++i) add_lane_sums<T, W>(s.part + i * C, C, s.sums + i * C);
+        for (int64_t cc = 0; cc < C; ++cc) {
+          T* row = dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L;
+          for (int64_t i = 0; i < nt; ++i) row[path[t0 + i]] = s.sums[i * C + cc];
+        }
+      }
+    }
+  }
+};
+
+// The entry points of the table: N = 16 float (MambaAD's) with the states in registers, any other
+// shape through the general loops.
+template <typename T>
+void fwd_tasks(const FwdCtx<T>& c, int64_t begin, int64_t end, T* acc) {
+  if (std::is_same_v<T, float> && c.cg.g.N == 16)
+    Fwd<T, 16, kW>::tasks(c, begin, end, acc);
+  else
+    Fwd<T, 0, kW>::tasks(c, begin, end, acc);
+}
+
+template <typename T>
+size_t bwd_scratch_bytes(const CpuGeometry& cg, int64_t max_vectors) {
+  BwdScratch<T, kW> s;
+  return s.layout(nullptr, cg, max_vectors);
+}
+
+template <typename T>
+void bwd_tasks(const BwdCtx<T>& c, int64_t begin, int64_t end, void* scratch) {
+  if (std::is_same_v<T, float> && c.cg.g.N == 16)
+    Bwd<T, 16, kW>::tasks(c, begin, end, scratch);
+  else
+    Bwd<T, 0, kW>::tasks(c, begin, end, scratch);
+}
+
+// Constant-initialised (no code of this variant runs when the library loads).
+extern const ScanLoops<float> loops_f32;
+extern const ScanLoops<double> loops_f64;
+constinit const ScanLoops<float> loops_f32 = {&fwd_tasks<float>, &bwd_scratch_bytes<float>, &bwd_tasks<float>};
+constinit const ScanLoops<double> loops_f64 = {&fwd_tasks<double>, &bwd_scratch_bytes<double>,
+                                               &bwd_tasks<double>};
+
+}  // namespace mambaad::cpu::MAMBAAD_ISA

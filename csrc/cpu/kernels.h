@@ -1,0 +1,105 @@
+// The interface between the CPU scan drivers (scan_fwd.cpp, scan_bwd.cpp: argument checks, layouts,
+// threads, built once with the default flags) and the scan loops, which are compiled once per
+// instruction set (isa_*.cpp, from the one source isa_kernels.h with the lane count W as a template
+// parameter) and chosen at run time (dispatch.cpp). Nothing here includes ATen: the per-ISA
+// translation units include this header and the standard headers before they switch the target, so
+// that no inline code shared with other translation units is compiled for a wider instruction set.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "hss_math.h"
+
+namespace mambaad::cpu {
+
+// Derived sizes of one call, for a variant with W channels per vector.
+struct CpuGeometry {
+  ScanGeometry g;
+  int64_t W;      // channels per SIMD vector (the variant's lane count)
+  int64_t C;      // R + 2N rows of x_dbl
+  int64_t Dst;    // row stride of the lane layouts: D + W (a vector load never leaves the row)
+  int64_t nvk;    // vectors of channels per direction: ceil(Dk / W)
+  int64_t PS;     // packed parameter values per vector of channels, W each
+  int64_t chunk;  // checkpoint interval
+  int64_t J;      // checkpoints: ceil(L / chunk)
+
+  CpuGeometry(const ScanGeometry& geo, int64_t chunk_, int64_t lanes)
+      : g(geo), W(lanes), C(geo.dbl_rows()), Dst(geo.D + lanes), nvk((geo.Dk + lanes - 1) / lanes),
+        PS(2 * geo.N + geo.R + 2), chunk(chunk_), J(ScanGeometry::n_chunks(geo.L, chunk_)) {}
+
+  int nvalid(int64_t v) const { return static_cast<int>(std::min<int64_t>(W, g.Dk - v * W)); }
+};
+
+// The factor the packed A carries (ParamVec::a_scaled): log2(e) for float, whose kernels take
+// 2^(delta A log2 e) by a polynomial; 1 for double, which calls exp.
+template <typename T>
+constexpr T a_scale() {
+  return sizeof(T) == sizeof(float) ? static_cast<T>(kLog2e) : T(1);
+}
+
+template <typename T>
+struct FwdCtx {
+  CpuGeometry cg;
+  const T* xT;           // (B, L, Dst) x in lane layout
+  const T* xdT;          // (B, K, L, C) x_dbl gathered in scan order
+  const T* pack;         // packed parameters (prep.h)
+  const int32_t* paths;  // (K, L)
+  T* states;             // (B, K, Dk, J, N)
+  T* out;                // (B, D, L) contiguous
+};
+
+template <typename T>
+struct BwdCtx {
+  CpuGeometry cg;
+  const T* xT;           // (B, L, Dst) x in lane layout
+  const T* gT;           // (B, L, Dst) dout in lane layout
+  const T* xdT;          // (B, K, L, C) x_dbl gathered in scan order, rows [B | C | dt]
+  const T* pack;         // packed parameters (prep.h)
+  const int32_t* paths;  // (K, L)
+  const T* states;       // (B, K, Dk, J, N)
+  T* dub;                // (B, KD, L, Dst) du at grid positions, KD = K (HSS) or 1 (grouped)
+  T* dxdbl;              // (G, B, K, C, L): dx_dbl partials per channel group (the output if G = 1)
+  T* pgrad;              // (B, K, nvk, N + R + 2, W): dA, d_dt_w, d_dt_b, d_Ds per batch
+  int64_t G;             // channel groups per (b, k)
+};
+
+// The scan loops of one element type in one variant. Tasks are numbered as the drivers split them
+// over threads: forward (b, [k when grouped,] channel vector), backward (b, k, channel group).
+template <typename T>
+struct ScanLoops {
+  // Forward tasks [begin, end): scan, merge the directions, write out and the checkpoints. acc:
+  // L * W values of scratch.
+  void (*fwd)(const FwdCtx<T>& c, int64_t begin, int64_t end, T* acc);
+  // Bytes of scratch per thread for the backward (64-byte aligned), and the backward tasks.
+  size_t (*bwd_scratch_bytes)(const CpuGeometry& cg, int64_t max_vectors);
+  void (*bwd)(const BwdCtx<T>& c, int64_t begin, int64_t end, void* scratch);
+};
+
+// One compiled variant (dispatch.cpp lists them).
+struct IsaVariant {
+  const char* name;       // "avx512", "avx2", "baseline" (x86-64), "neon" (aarch64), ...
+  int lanes;              // W: float channels per vector
+  bool automatic;         // chosen without being asked for when the CPU supports it
+  bool (*supported)();    // does this CPU (and its OS) run it
+  const ScanLoops<float>* f32;
+  const ScanLoops<double>* f64;
+};
+
+// The loops of each variant, defined in isa_*.cpp (the x86 ones on x86-64 only).
+#define MAMBAAD_DECLARE_ISA(ns)                  \
+  namespace ns {                                 \
+  extern const ScanLoops<float> loops_f32;       \
+  extern const ScanLoops<double> loops_f64;      \
+  }
+MAMBAAD_DECLARE_ISA(baseline)
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(_M_X64))
+#define MAMBAAD_X86_VARIANTS 1
+MAMBAAD_DECLARE_ISA(avx2)
+MAMBAAD_DECLARE_ISA(avx512)
+MAMBAAD_DECLARE_ISA(avx2_16)
+#endif
+#undef MAMBAAD_DECLARE_ISA
+
+}  // namespace mambaad::cpu
