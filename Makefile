@@ -18,9 +18,10 @@ OLD_PY := $(OLD_VENV)/bin/python
 # whose seeded drop-path draw differs on torch 2.4 (README).
 OLD_TESTS ?= tests/test_ops.py tests/test_fused_op.py tests/test_extension.py tests/test_parity.py \
   tests/test_reference.py tests/test_paths.py tests/test_modules.py tests/test_portability.py \
-  tests/test_model.py tests/test_mmad.py tests/test_data.py tests/test_metrics.py \
+  tests/test_model.py tests/test_mmad.py tests/test_data.py tests/test_metrics.py tests/test_cpu_isa.py \
   -k "(not triton or portability) and not fragment_coexist and not fakes_registered_by_the_extension \
-  and not mmad_test_forward_backward_64"
+  and not mmad_test_forward_backward_64 and not environment_forces and not bad_request \
+  and not automatic_choice"
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
 .PHONY: test bench demo setup ext wheel test-oldtorch clean

@@ -4,8 +4,10 @@ Contenders, interleaved round by round in one process: a torch.exp loop over as 
 shape has exponentials (the exp floor, measured), the extension's scan_fwd / scan_bwd alone
 ("kern_*"), the whole op mk.hss_scan(backend="cpu") with the x_proj GEMM ("op_*"), the chunked
 PyTorch scan (benchmarks/chunked_scan.py) and one call of the sequential reference.
+ISAS=avx512,avx2 times the kernels of each named instruction-set variant (issue 23) side by side
+("kern_fwd@avx2", ...; the op rows use the first); default: the variant chosen for this CPU.
 
-usage: THREADS=2 ROUNDS=7 REF=1 CHUNK=1 [SHAPES=0,3] [B=1] python benchmarks/cpu_kernel_bench.py
+usage: THREADS=2 ROUNDS=7 REF=1 CHUNK=1 [SHAPES=0,3] [B=1] [ISAS=avx2,baseline] python benchmarks/cpu_kernel_bench.py
 """
 import math, os, statistics, sys, time
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +36,16 @@ def timeit(fn, n, name=None):
         CPU.setdefault(name, []).append((time.process_time() - c0) / threads)
     return ts
 
-print(f"threads {threads}  load {os.getloadavg()}")
+def cpu_model():
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
+
+ISAS = [s for s in os.environ.get("ISAS", "").split(",") if s] or [ext.cpu_isa()]
+ext.set_cpu_isa(ISAS[0])
+print(f"{cpu_model()}  threads {threads}  load {os.getloadavg()}  cpu kernels {', '.join(ISAS)}")
 rate = measure_cpu_exp_rate()
 print(f"exp rate {rate/1e9:.2f} G/s")
 for d, h, w in SHAPES:
@@ -51,6 +62,11 @@ for d, h, w in SHAPES:
     ex = torch.rand(1 << 18) * -8; eo = torch.empty_like(ex); nrep = max(1, B * K * d * L * N // (1 << 18))
     def expf():
         for _ in range(nrep): torch.exp(ex, out=eo)
+    def on(isa, fn):  # run fn with the kernels of variant isa
+        def run():
+            ext.set_cpu_isa(isa)
+            return fn()
+        return run
     kf = lambda: ext.scan_fwd(x3, x_dbl, dt_w, dt_b, A_logs, Ds, paths, False, True)
     kb = lambda: ext.scan_bwd(dout, x3, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, False, True)
     def kfb():
@@ -68,7 +84,11 @@ for d, h, w in SHAPES:
     def chfb():
         o = chunked_hss_scan(xg, *pg, method="hilbert", directions=K)
         torch.autograd.grad(o, [xg, *pg], dout.view_as(o))
-    cont = dict(exp_floor_ref=expf, kern_fwd=kf, kern_bwd=kb, kern_fwdbwd=kfb, op_fwd=opf, op_fwdbwd=opfb)
+    first = ISAS[0]
+    cont = dict(exp_floor_ref=expf, kern_fwd=on(first, kf), kern_bwd=on(first, kb), kern_fwdbwd=on(first, kfb),
+                op_fwd=on(first, opf), op_fwdbwd=on(first, opfb))
+    for isa in ISAS[1:]:
+        cont[f"kern_fwd@{isa}"], cont[f"kern_bwd@{isa}"] = on(isa, kf), on(isa, kb)
     if os.environ.get("CHUNK", "1") == "1":
         cont["chunk_fwd"] = chf
     if os.environ.get("CHUNK_BWD") == "1":
@@ -96,5 +116,10 @@ for d, h, w in SHAPES:
     if "kern_fwd" in res and "kern_bwd" in res:  # issue 20's ratio, same instruction set, same run
         mf, mb = statistics.median(res["kern_fwd"]), statistics.median(res["kern_bwd"])
         cf, cb = min(CPU["kern_fwd"]), min(CPU["kern_bwd"])
-        print(f"  kern_bwd / kern_fwd: median {mb/mf:5.2f}  cpu/thr min {cb/cf:5.2f}")
+        print(f"  kern_bwd / kern_fwd ({first}): median {mb/mf:5.2f}  cpu/thr min {cb/cf:5.2f}")
+        for isa in ISAS[1:]:
+            f2, b2 = statistics.median(res[f"kern_fwd@{isa}"]), statistics.median(res[f"kern_bwd@{isa}"])
+            print(f"  {isa} / {first}: fwd median {f2/mf:5.2f}  bwd median {b2/mb:5.2f}; "
+                  f"{isa} fwd / exp floor {f2/floor:5.2f}")
+ext.set_cpu_isa("")
 print(f"load {os.getloadavg()}")

@@ -485,7 +485,13 @@ def environment(device: torch.device) -> dict:
                         if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
-    return {"device": device.type, "device_name": name, "torch": torch.__version__,
+    try:  # the CPU kernels' instruction-set variant (issue 23), None without the extension
+        from mambaad_kernels import cuda as ext
+
+        cpu_isa = ext.cpu_isa()
+    except (ValueError, RuntimeError):
+        cpu_isa = None
+    return {"device": device.type, "device_name": name, "cpu_isa": cpu_isa, "torch": torch.__version__,
             "triton": triton_version, "cuda": torch.version.cuda, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -636,7 +642,7 @@ def run(argv: list[str]) -> dict:
         "rows": [], "skipped": [], "errors": [],
     })
     print(f"# {doc['device_name']} ({device}, {doc['threads']} threads) torch {doc['torch']} "
-          f"triton {doc['triton']} cuda {doc['cuda']} commit {doc['commit']}")
+          f"triton {doc['triton']} cuda {doc['cuda']} commit {doc['commit']} cpu kernels {doc['cpu_isa']}")
     print(f"# bandwidth {bandwidth / 1e9:.1f} GB/s ({bw_source}); exp rate "
           f"{exp_rate / 1e9 if exp_rate else float('nan'):.2f} G/s ({exp_source})")
     print(f"# authors' scan: {doc['authors_scan']}")

@@ -302,11 +302,36 @@ void bwd_tasks(const BwdCtx<T>& c, int64_t begin, int64_t end, void* scratch) {
     Bwd<T, 0, kW>::tasks(c, begin, end, scratch);
 }
 
+// dx[b, ch, p] = sum over the KD direction rows of dub[b, kk, p, ch], in order: vector sums over
+// channels into a (64, 64) tile, then the tile written transposed. Items: (b, tile of 64 positions).
+template <typename T>
+void reduce_dx(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t begin, int64_t end, T* tile) {
+  constexpr int W = kW;
+  const int64_t D = cg.g.D, L = cg.g.L, Dst = cg.Dst;
+  constexpr int64_t PT = 64, DT = 64;  // DT a multiple of every W
+  const int64_t npt = (L + PT - 1) / PT;
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t b = idx / npt, p0 = idx % npt * PT, p1 = std::min(L, p0 + PT);
+    for (int64_t d0 = 0; d0 < D; d0 += DT) {
+      const int64_t d1 = std::min(D, d0 + DT);
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t d = d0; d < d1; d += W) {  // may read into the row's padding
+          Vec<T, W> acc = vload<T, W>(dub + (b * KD * L + p) * Dst + d);
+          for (int64_t kk = 1; kk < KD; ++kk) acc += vload<T, W>(dub + ((b * KD + kk) * L + p) * Dst + d);
+          vstore<T, W>(tile + (p - p0) * DT + (d - d0), acc);
+        }
+      for (int64_t d = d0; d < d1; ++d)
+        for (int64_t p = p0; p < p1; ++p) dx[(b * D + d) * L + p] = tile[(p - p0) * DT + (d - d0)];
+    }
+  }
+}
+
 // Constant-initialised (no code of this variant runs when the library loads).
 extern const ScanLoops<float> loops_f32;
 extern const ScanLoops<double> loops_f64;
-constinit const ScanLoops<float> loops_f32 = {&fwd_tasks<float>, &bwd_scratch_bytes<float>, &bwd_tasks<float>};
+constinit const ScanLoops<float> loops_f32 = {&fwd_tasks<float>, &bwd_scratch_bytes<float>, &bwd_tasks<float>,
+                                              &reduce_dx<float>};
 constinit const ScanLoops<double> loops_f64 = {&fwd_tasks<double>, &bwd_scratch_bytes<double>,
-                                               &bwd_tasks<double>};
+                                               &bwd_tasks<double>, &reduce_dx<double>};
 
 }  // namespace mambaad::cpu::MAMBAAD_ISA

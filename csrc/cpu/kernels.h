@@ -75,6 +75,9 @@ struct ScanLoops {
   // Bytes of scratch per thread for the backward (64-byte aligned), and the backward tasks.
   size_t (*bwd_scratch_bytes)(const CpuGeometry& cg, int64_t max_vectors);
   void (*bwd)(const BwdCtx<T>& c, int64_t begin, int64_t end, void* scratch);
+  // dx = the sum over the KD direction rows of du (BwdCtx::dub), for the (batch, 64-position tile)
+  // items [begin, end); tile: 64 * 64 values of scratch.
+  void (*reduce_dx)(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t begin, int64_t end, T* tile);
 };
 
 // One compiled variant (dispatch.cpp lists them).

@@ -19,35 +19,6 @@ namespace {
 // Tasks per call the channel grouping aims at (shape-only, so results do not depend on threads).
 constexpr int64_t kTargetTasks = 16;
 
-// dx[b, ch, p] = sum over the KD direction rows of dub[b, kk, p, ch], in order: sums over
-// channels into a (64, 64) tile, then the tile written transposed.
-template <typename T>
-void reduce_dx(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx) {
-  const int64_t B = cg.g.B, D = cg.g.D, L = cg.g.L, Dst = cg.Dst;
-  constexpr int64_t PT = 64, DT = 64;
-  const int64_t npt = (L + PT - 1) / PT;
-  at::parallel_for(0, B * npt, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> tile(PT * DT);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t b = idx / npt, p0 = idx % npt * PT, p1 = std::min(L, p0 + PT);
-      for (int64_t d0 = 0; d0 < D; d0 += DT) {
-        const int64_t d1 = std::min(D, d0 + DT);
-        for (int64_t p = p0; p < p1; ++p) {
-          T* acc = tile.data() + (p - p0) * DT;
-          const T* src = dub + (b * KD * L + p) * Dst;
-          for (int64_t d = d0; d < d1; ++d) acc[d - d0] = src[d];
-          for (int64_t kk = 1; kk < KD; ++kk) {
-            src = dub + ((b * KD + kk) * L + p) * Dst;
-            for (int64_t d = d0; d < d1; ++d) acc[d - d0] += src[d];
-          }
-        }
-        for (int64_t d = d0; d < d1; ++d)
-          for (int64_t p = p0; p < p1; ++p) dx[(b * D + d) * L + p] = tile[(p - p0) * DT + (d - d0)];
-      }
-    }
-  });
-}
-
 template <typename T>
 void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x, const at::Tensor& x_dbl,
              const at::Tensor& states, const at::Tensor& dt_w, const at::Tensor& dt_b,
@@ -79,7 +50,11 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
     run.bwd(c, begin, end, std::align(64, scratch_bytes, p, space));
   });
 
-  reduce_dx<T>(dub.data_ptr<T>(), KD, cg, dx.data_ptr<T>());
+  const int64_t npt = (g.L + 63) / 64;  // dx: the sum over the directions, by tiles of 64 positions
+  at::parallel_for(0, g.B * npt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> tile(64 * 64);
+    run.reduce_dx(dub.data_ptr<T>(), KD, cg, dx.data_ptr<T>(), begin, end, tile.data());
+  });
   if (G > 1) {  // sum the channel groups' partials, in order
     const T* src = parts.data_ptr<T>();
     T* o = dx_dbl.data_ptr<T>();
