@@ -94,7 +94,8 @@ struct BwdScratch {
   using V = Vec<T, W>;
   static constexpr int64_t kBlock = 8;  // states per block of the reverse recurrence (Bwd)
   // part: (chunk, C) vector partials of [dB | dC | d_dt] per step, summed over the task's channel
-  // vectors (lanes reduced once per chunk); sums: part's lanes summed.
+  // vectors (lanes reduced once per chunk); sums: part's lanes summed. dz: (vectors, chunk) d loss /
+  // d z_t of each of the task's vectors in the chunk, for the d_dt partials (Bwd::dt_partials).
   V *hbuf, *decay, *delta, *sig, *u, *gr, *dz, *dot, *dda, *part, *dh_carry;
   T* sums;
 
@@ -113,7 +114,7 @@ struct BwdScratch {
     take(sig, ch);
     take(u, ch);
     take(gr, ch);
-    take(dz, ch);
+    take(dz, max_vectors * ch);
     take(dot, ch);
     take(dda, ch);
     take(part, ch * cg.C);
@@ -174,7 +175,7 @@ struct Bwd {
   // One chunk [t0, t0 + nt) of vector v: recompute (adding the dC partials), reverse by blocks of
   // states, then the per-step gradients of delta and the parameters.
   static void chunk(const BwdCtx<T>& c, Scratch& s, int64_t b, int64_t k, int64_t v, int64_t j,
-                    V* dh_carry) {
+                    V* dh_carry, V* dzv) {
     const ScanGeometry& g = c.cg.g;
     const int64_t N = NT > 0 ? NT : g.N, R = g.R, C = c.cg.C, L = g.L, J = c.cg.J, Dst = c.cg.Dst;
     const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
@@ -198,8 +199,8 @@ struct Bwd {
 
     // kBlock states at a time (N / kBlock blocks; with N unknown at compile time the last may be
     // narrower): recompute the block's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and
-    // decays, the values the forward computed, bit for bit, adding the dC partials g_t h_t into
-    // part meanwhile; then the block's reverse recurrence. dA accumulates in pg's first N slots.
+    // decays (the forward's values to float rounding: Math::decay_recompute), adding the dC
+    // partials g_t h_t into part meanwhile; then the block's reverse recurrence. dA accumulates in pg's first N slots.
     for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
       const int64_t nb = std::min(kBlock, N - n0);
       for (int64_t m = 0; m < nb; ++m) s.hbuf[m] = h0[n0 + m];
@@ -220,7 +221,7 @@ struct Bwd {
     for (int64_t i = 0; i < nt; ++i) {
       const V gr = s.gr[i], u = s.u[i];
       const V dz = (s.dda[i] + u * s.dot[i]) * s.sig[i];
-      s.dz[i] = dz;
+      dzv[i] = dz;
       vstore_n<T, W>(dub + path[i] * Dst, gr * dsk + s.delta[i] * s.dot[i], nvalid);
       gdtb += dz;
       gD += gr * u;
@@ -228,25 +229,60 @@ struct Bwd {
     vstore<T, W>(pg + (N + R) * W, vload<T, W>(pg + (N + R) * W) + gdtb);
     vstore<T, W>(pg + (N + R + 1) * W, vload<T, W>(pg + (N + R + 1) * W) + gD);
 
-    // d_dt_w (in registers, 8 dt rows at a time) and the d_dt partials (into part).
+    // d_dt_w, in registers 8 dt rows at a time (the d_dt partials: dt_partials, once the task's
+    // vectors are done).
     for (int64_t r0 = 0; r0 < R; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, R - r0);
-      V w[8], dtw[8];
-      for (int64_t m = 0; m < nr; ++m) {
-        w[m] = vload<T, W>(pg + (N + r0 + m) * W);
-        dtw[m] = vload<T, W>(pv.dt_w + (r0 + m) * W);
-      }
+      V w[8];
+      for (int64_t m = 0; m < nr; ++m) w[m] = vload<T, W>(pg + (N + r0 + m) * W);
       for (int64_t i = 0; i < nt; ++i) {
-        const V dz = s.dz[i];
+        const V dz = dzv[i];
         const T* dt = xd + i * C + 2 * N + r0;
-        V* part = s.part + i * C + 2 * N + r0;
-        for (int64_t m = 0; m < nr; ++m) {
-          w[m] += dz * dt[m];
-          part[m] += dz * dtw[m];
-        }
+        for (int64_t m = 0; m < nr; ++m) w[m] += dz * dt[m];
       }
       for (int64_t m = 0; m < nr; ++m) vstore<T, W>(pg + (N + r0 + m) * W, w[m]);
     }
+  }
+
+  // The d_dt partials of steps [i0, i0 + IB) and dt rows [r0, r0 + RB): part[i, 2N + r] = the sum
+  // over the task's vectors v, in order, of dz_v[i] * dt_w_v[r]. The IB x RB sums stay in registers
+  // (the sums and their order are those of adding vector by vector into part, without a load and a
+  // store of part per multiply-add).
+  template <int64_t IB, int64_t RB>
+  static inline void dt_tile(const BwdCtx<T>& c, Scratch& s, int64_t k, int64_t v0, int64_t v1, int64_t i0,
+                             int64_t r0) {
+    const int64_t chunk = c.cg.chunk, C = c.cg.C, N = c.cg.g.N;
+    V acc[IB][RB] = {};
+    for (int64_t v = v0; v < v1; ++v) {
+      const ParamVec<T, W> pv(c.pack, c.cg, k, v);
+      const V* dz = s.dz + (v - v0) * chunk + i0;
+      V dtw[RB];
+#pragma GCC unroll 4
+      for (int64_t m = 0; m < RB; ++m) dtw[m] = vload<T, W>(pv.dt_w + (r0 + m) * W);
+#pragma GCC unroll 4
+      for (int64_t ii = 0; ii < IB; ++ii) {
+        const V d = dz[ii];
+#pragma GCC unroll 4
+        for (int64_t m = 0; m < RB; ++m) acc[ii][m] += d * dtw[m];
+      }
+    }
+#pragma GCC unroll 4
+    for (int64_t ii = 0; ii < IB; ++ii)
+#pragma GCC unroll 4
+      for (int64_t m = 0; m < RB; ++m) s.part[(i0 + ii) * C + 2 * N + r0 + m] = acc[ii][m];
+  }
+
+  static void dt_partials(const BwdCtx<T>& c, Scratch& s, int64_t k, int64_t v0, int64_t v1, int64_t nt) {
+    const int64_t R = c.cg.g.R;
+    constexpr int64_t IB = 4, RB = 2;  // 8 sums, 2 dt_w rows and a dz: 11 of AVX2's 16 vector registers
+    int64_t r0 = 0;
+    for (; r0 + RB <= R; r0 += RB) {
+      int64_t i0 = 0;
+      for (; i0 + IB <= nt; i0 += IB) dt_tile<IB, RB>(c, s, k, v0, v1, i0, r0);
+      for (; i0 < nt; ++i0) dt_tile<1, RB>(c, s, k, v0, v1, i0, r0);
+    }
+    for (; r0 < R; ++r0)
+      for (int64_t i0 = 0; i0 < nt; ++i0) dt_tile<1, 1>(c, s, k, v0, v1, i0, r0);
   }
 
   static void tasks(const BwdCtx<T>& c, int64_t begin, int64_t end, void* scratch) {
@@ -264,7 +300,9 @@ struct Bwd {
       for (int64_t j = c.cg.J - 1; j >= 0; --j) {
         const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
         for (int64_t e = 0; e < nt * C; ++e) s.part[e] = V{};
-        for (int64_t v = v0; v < v1; ++v) chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N);
+        for (int64_t v = v0; v < v1; ++v)
+          chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N, s.dz + (v - v0) * c.cg.chunk);
+        dt_partials(c, s, k, v0, v1, nt);
         // Lanes summed (rows [B | C | dt] per step), then written row by row in x_dbl's row
         // order [dt | B | C] at the steps' grid positions.
         for (int64_t e = 0; e < nt * C; ++e) s.sums[e] = T(0);

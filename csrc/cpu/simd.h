@@ -164,16 +164,21 @@ struct Math<float, W> {
 
   // 2^y for y <= 0 (clamped at kExp2Min): round-to-nearest by the 1.5 * 2^23 trick, the
   // polynomial on the remainder, and the integer part added to the exponent bits.
+  template <bool kShort = false>
   static inline V exp2(V y) {
     y = vmax(y, vsplat<float, W>(kExp2Min));
     const V shifter = vsplat<float, W>(12582912.f);  // 1.5 * 2^23: y + shifter holds round(y) in its low bits
     const V t = y + shifter;
     const V n = t - shifter;
-    const V p = exp2_reduced(y - n);
+    const V p = kShort ? exp2_reduced_short(y - n) : exp2_reduced(y - n);
     return (V)((I)p + ((I)t << 23));  // exponent += round(y); (0x4B400000 << 23) wraps to 0
   }
 
   static inline V decay(V delta, V a_scaled) { return exp2(delta * a_scaled); }
+
+  // The backward's recomputed decay: the short polynomial (exp2_reduced_short), 9 of the 10
+  // FMA-pipe operations of the forward's (t, n) step instead of 10 (see BENCHMARKS.md, issue 20).
+  static inline V decay_recompute(V delta, V a_scaled) { return exp2<true>(delta * a_scaled); }
 
   // softplus(z) = max(z, 0) + log1p(exp(-|z|)) (equals z to float precision above 20, like torch).
   static inline V softplus(V z) {
@@ -199,6 +204,8 @@ struct Math<double, W> {
     for (int i = 0; i < W; ++i) out[i] = std::exp(delta[i] * a[i]);
     return out;
   }
+
+  static inline V decay_recompute(V delta, V a) { return decay(delta, a); }
 
   static inline V softplus(V z) {
     V out;

@@ -1,5 +1,6 @@
 // The forward recurrence over one chunk of steps for one vector of channels, shared by the CPU
-// forward and by the backward's recomputation (so the backward sees bit-identical states).
+// forward and by the backward's recomputation (which evaluates the decays with the shorter
+// polynomial: its states are the forward's to float rounding, not bit for bit).
 //
 // Two phases per chunk, for instruction-level parallelism: (A) delta = softplus(dt_w . dt + dt_b)
 // and u for every step of the chunk (the steps are independent, so the out-of-order core overlaps
@@ -88,7 +89,8 @@ inline void forward_chunk(State<T, NT, W>& h, const ParamVec<T, W>& pv, const T*
 }
 
 // The backward's phase B for the states [n0, n0 + nb) only (nb = NB when NB > 0; the states of a
-// channel are independent, and each gets the forward's arithmetic, so the same values bit for bit).
+// channel are independent). The forward's arithmetic except the decays' shorter polynomial
+// (Math::decay_recompute), so the forward's values to float rounding.
 // h (nb) holds h_{t0 - 1} on entry. Stores h_t into hsave[(i + 1) * nb] (the caller puts
 // h_{t0 - 1} in row 0) and the decays into dsave[i * nb], and adds the dC partials gr[i] * h_t[n]
 // into dc[i * dc_stride + n - n0] (dL/dy_t times the state, while the state is in a register).
@@ -110,7 +112,7 @@ inline void recompute_block(Vec<T, W>* h, const ParamVec<T, W>& pv, const T* row
     const V dl = delta[i], du = dl * u[i], g = gr[i];
 #pragma GCC unroll 16
     for (int64_t m = 0; m < w; ++m) {
-      const V decay = Math<T, W>::decay(dl, vload<T, W>(pv.a_scaled + (n0 + m) * W));
+      const V decay = Math<T, W>::decay_recompute(dl, vload<T, W>(pv.a_scaled + (n0 + m) * W));
       hv[m] = step_decayed(hv[m], decay, du, Bt[m]);
       hsave[(i + 1) * w + m] = hv[m];
       dsave[i * w + m] = decay;
