@@ -185,7 +185,7 @@ struct Bwd {
     const int64_t ch0 = g.channel(k, v * W);
     const T* ub = c.xT + b * L * Dst + ch0;
     const T* gb = c.gT + b * L * Dst + ch0;
-    T* dub = c.dub + (b * (g.grouped ? 1 : g.K) + (g.grouped ? 0 : k)) * L * Dst + ch0;
+    T* dub = c.dub + ((b - c.b0) * (g.grouped ? 1 : g.K) + (g.grouped ? 0 : k)) * L * Dst + ch0;
     const T* xd = c.xdT + (b * g.K + k) * L * C + t0 * C;  // rows of the chunk
     const int32_t* path = c.paths + k * L + t0;
     const T* st = c.states + ((b * g.K + k) * g.Dk + v * W) * J * N;
@@ -292,11 +292,11 @@ struct Bwd {
     Scratch s;
     s.layout(static_cast<char*>(scratch), c.cg, max_vectors);
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t b = idx / (g.K * G), k = idx / G % g.K, gi = idx % G;
+      const int64_t bw = idx / (g.K * G), b = c.b0 + bw, k = idx / G % g.K, gi = idx % G;
       const int64_t v0 = gi * nvk / G, v1 = (gi + 1) * nvk / G;
       for (int64_t e = 0; e < max_vectors * N; ++e) s.dh_carry[e] = V{};
       const int32_t* path = c.paths + k * L;
-      T* dst = c.dxdbl + ((gi * g.B + b) * g.K + k) * C * L;
+      T* dst = c.dxdbl + ((gi * c.Bw + bw) * g.K + k) * C * L;
       for (int64_t j = c.cg.J - 1; j >= 0; --j) {
         const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
         for (int64_t e = 0; e < nt * C; ++e) s.part[e] = V{};

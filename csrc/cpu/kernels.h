@@ -59,14 +59,17 @@ struct BwdCtx {
   const T* pack;         // packed parameters (prep.h)
   const int32_t* paths;  // (K, L)
   const T* states;       // (B, K, Dk, J, N)
-  T* dub;                // (B, KD, L, Dst) du at grid positions, KD = K (HSS) or 1 (grouped)
-  T* dxdbl;              // (G, B, K, C, L): dx_dbl partials per channel group (the output if G = 1)
   T* pgrad;              // (B, K, nvk, N + R + 2, W): dA, d_dt_w, d_dt_b, d_Ds per batch
   int64_t G;             // channel groups per (b, k)
+  // The call's batches run in waves of Bw (the last may be smaller), so that the wave's du stays
+  // in the caches; b0: the wave's first batch. Tasks [0, nb * K * G) of a wave of nb batches.
+  int64_t b0, Bw;
+  T* dub;                // (Bw, KD, L, Dst) du at grid positions, KD = K (HSS) or 1 (grouped)
+  T* dxdbl;              // (G, Bw, K, C, L): dx_dbl partials per channel group (the output from b0 if G = 1)
 };
 
 // The scan loops of one element type in one variant. Tasks are numbered as the drivers split them
-// over threads: forward (b, [k when grouped,] channel vector), backward (b, k, channel group).
+// over threads: forward (b, [k when grouped,] channel vector), backward (b - b0, k, channel group).
 template <typename T>
 struct ScanLoops {
   // Forward tasks [begin, end): scan, merge the directions, write out and the checkpoints. acc:
