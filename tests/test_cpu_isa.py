@@ -192,6 +192,18 @@ def test_same_fma_variants_agree_bit_for_bit(n, dtype):
             assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("n, dtype", [(16, F32), (5, F32), (16, torch.bfloat16), (16, F64)])
+def test_avx512_agrees_with_avx2_16_bit_for_bit(n, dtype):
+    """AVX-512 and AVX2 at 16 lanes run the same source at the same width: every output and
+    gradient, dx_dbl included, is bit-identical (only on CPUs with AVX-512)."""
+    _runnable("avx512", "avx2_16")
+    args = _op_args(b=2, d=37, h=7, w=13, n=n, r=3, k=8, dtype=dtype, seed=16)
+    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(17)).to(args[0].dtype)
+    res = _all_variants(args, False, dout, ["avx512", "avx2_16"])
+    for name, a, b in zip(["out", "states", *GRADS], res["avx512"], res["avx2_16"]):
+        assert torch.equal(a, b), name
+
+
 def test_baseline_agrees_to_rounding():
     """The baseline variant (no FMA) rounds differently: the same results to float32 rounding."""
     _runnable("avx2", "baseline")
