@@ -12,15 +12,17 @@
 // polynomial 2^y, the state update, y = C . h + D u. The dt/B/C rows of a direction are gathered
 // once per call in scan order (prep.h), so a step reads one contiguous row shared by all channels.
 //
-// Backward: a reverse scan with the states recomputed chunk by chunk from the forward's
-// checkpoints (never a (B, K, D, L, N) tensor). One task = (batch b, direction k, group of channel
-// vectors). For each checkpoint chunk, last to first, and each vector of W channels in the task:
-// recompute the chunk's states and decays from the checkpoint with the forward's arithmetic
-// (steps.h), adding the dC terms on the way, and run the reverse recurrence (hss_math.h:
-// step_backward), 8 states at a time with their states or adjoints in registers, dh carried across
-// chunks. The sums over channels (dB, dC and d_dt, the gradient of x_dbl) are first summed over the
-// task's vectors as whole vectors, (chunk, 2N + R) of them, and reduced over the lanes once per
-// chunk (not per step and vector); the sum over directions of dx goes through a per-direction
+// Backward: a reverse scan with the states recomputed chunk by chunk from the forward's checkpoints
+// (never a (B, K, D, L, N) tensor). One task = (batch b, direction k, group of channel vectors).
+// For each checkpoint chunk, last to first, and each vector of W channels in the task: recompute
+// the chunk's states and decays from the checkpoint with the forward's arithmetic (steps.h), adding
+// the dC terms on the way, and run the reverse recurrence (hss_math.h: step_backward), 8 states at
+// a time with their states or adjoints in registers, dh carried across chunks. The sums over
+// channels (dB, dC and d_dt, the gradient of x_dbl) are first summed over the task's vectors as
+// whole vectors, (chunk, 2N + R) of them, reduced over the lanes once per chunk (not per step and
+// vector) and written in x_dbl's layout by tiles of grid positions once the task is done (through
+// the inverse path: no scattered stores); the rows of u, dL/dy and du a (vector, chunk) touches are
+// prefetched while the one before runs. The sum over directions of dx goes through a per-direction
 // buffer reduced after the scan (scan_bwd.cpp), and the parameter gradients through per-batch
 // partials. Every sum has a fixed order: the result is deterministic and independent of the number
 // of threads (the channel grouping depends on the shapes and W only).
@@ -94,8 +96,10 @@ struct BwdScratch {
   using V = Vec<T, W>;
   static constexpr int64_t kBlock = 8;  // states per block of the reverse recurrence (Bwd)
   // part: (chunk, C) vector partials of [dB | dC | d_dt] per step, summed over the task's channel
-  // vectors (lanes reduced once per chunk); sums: part's lanes summed. dz: (vectors, chunk) d loss /
-  // d z_t of each of the task's vectors in the chunk, for the d_dt partials (Bwd::dt_partials).
+  // vectors (lanes reduced once per chunk); sums: (L, C), part's lanes summed, for every step of
+  // the task in scan order (written in x_dbl's layout once the task's scan is done). dz: (vectors,
+  // chunk) d loss / d z_t of each of the task's vectors in the chunk, for the d_dt partials
+  // (Bwd::dt_partials).
   V *hbuf, *decay, *delta, *sig, *u, *gr, *dz, *dot, *dda, *part, *dh_carry;
   T* sums;
 
@@ -119,7 +123,7 @@ struct BwdScratch {
     take(dda, ch);
     take(part, ch * cg.C);
     take(dh_carry, max_vectors * cg.g.N);
-    take(sums, ch * cg.C);
+    take(sums, cg.g.L * cg.C);
     return off;
   }
 };
@@ -173,9 +177,10 @@ struct Bwd {
   }
 
   // One chunk [t0, t0 + nt) of vector v: recompute (adding the dC partials), reverse by blocks of
-  // states, then the per-step gradients of delta and the parameters.
+  // states, then the per-step gradients of delta and the parameters. nxt_v, nxt_j: the (vector,
+  // chunk) the task runs next (nxt_v < 0: none), whose rows are prefetched.
   static void chunk(const BwdCtx<T>& c, Scratch& s, int64_t b, int64_t k, int64_t v, int64_t j,
-                    V* dh_carry, V* dzv) {
+                    V* dh_carry, V* dzv, int64_t nxt_v, int64_t nxt_j) {
     const ScanGeometry& g = c.cg.g;
     const int64_t N = NT > 0 ? NT : g.N, R = g.R, C = c.cg.C, L = g.L, J = c.cg.J, Dst = c.cg.Dst;
     const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
@@ -190,6 +195,17 @@ struct Bwd {
     const int32_t* path = c.paths + k * L + t0;
     const T* st = c.states + ((b * g.K + k) * g.Dk + v * W) * J * N;
     T* pg = c.pgrad + ((b * g.K + k) * c.cg.nvk + v) * (N + R + 2) * W;
+
+    // The rows of u, dL/dy and du the task's next (vector, chunk) reads and writes, requested a
+    // whole chunk of work ahead: the path's order defeats the hardware prefetchers.
+    if (nxt_v >= 0) {
+      const int64_t nt0 = nxt_j * c.cg.chunk, nnt = std::min(L, nt0 + c.cg.chunk) - nt0;
+      const int64_t shift = g.channel(k, nxt_v * W) - ch0;
+      const int32_t* npath = c.paths + k * L + nt0;
+      prefetch_rows<T, W>(ub + shift, npath, nnt, Dst);
+      prefetch_rows<T, W>(gb + shift, npath, nnt, Dst);
+      prefetch_rows<T, W, true>(dub + shift, npath, nnt, Dst);
+    }
 
     // Per step: delta, u, sig and dL/dy_t.
     for (int64_t i = 0; i < nt; ++i) s.gr[i] = vmask(vload<T, W>(gb + path[i] * Dst), mask);
@@ -295,21 +311,30 @@ struct Bwd {
       const int64_t bw = idx / (g.K * G), b = c.b0 + bw, k = idx / G % g.K, gi = idx % G;
       const int64_t v0 = gi * nvk / G, v1 = (gi + 1) * nvk / G;
       for (int64_t e = 0; e < max_vectors * N; ++e) s.dh_carry[e] = V{};
-      const int32_t* path = c.paths + k * L;
       T* dst = c.dxdbl + ((gi * c.Bw + bw) * g.K + k) * C * L;
       for (int64_t j = c.cg.J - 1; j >= 0; --j) {
         const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
         for (int64_t e = 0; e < nt * C; ++e) s.part[e] = V{};
         for (int64_t v = v0; v < v1; ++v)
-          chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N, s.dz + (v - v0) * c.cg.chunk);
+          chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N, s.dz + (v - v0) * c.cg.chunk,
+                v + 1 < v1 ? v + 1 : (j > 0 ? v0 : -1), v + 1 < v1 ? j : j - 1);
         dt_partials(c, s, k, v0, v1, nt);
-        // Lanes summed (rows [B | C | dt] per step), then written row by row in x_dbl's row
-        // order [dt | B | C] at the steps' grid positions.
-        for (int64_t e = 0; e < nt * C; ++e) s.sums[e] = T(0);
-        for (int64_t i = 0; i < nt; ++i) add_lane_sums<T, W>(s.part + i * C, C, s.sums + i * C);
+        // Lanes summed (rows [B | C | dt] per step), kept in scan order.
+        T* sums = s.sums + t0 * C;
+        for (int64_t e = 0; e < nt * C; ++e) sums[e] = T(0);
+        for (int64_t i = 0; i < nt; ++i) add_lane_sums<T, W>(s.part + i * C, C, sums + i * C);
+      }
+      // x_dbl's gradient in its layout, rows [dt | B | C] of L grid positions, a tile of positions
+      // at a time: each position's step through the inverse path, whole cache lines written.
+      const int32_t* inv = c.inv_paths + k * L;
+      constexpr int64_t PT = 16;
+      for (int64_t p0 = 0; p0 < L; p0 += PT) {
+        const int64_t np = std::min(PT, L - p0);
+        const T* src[PT];
+        for (int64_t q = 0; q < np; ++q) src[q] = s.sums + static_cast<int64_t>(inv[p0 + q]) * C;
         for (int64_t cc = 0; cc < C; ++cc) {
-          T* row = dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L;
-          for (int64_t i = 0; i < nt; ++i) row[path[t0 + i]] = s.sums[i * C + cc];
+          T* row = dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L + p0;
+          for (int64_t q = 0; q < np; ++q) row[q] = src[q][cc];
         }
       }
     }

@@ -58,6 +58,7 @@ struct BwdCtx {
   const T* xdT;          // (B, K, L, C) x_dbl gathered in scan order, rows [B | C | dt]
   const T* pack;         // packed parameters (prep.h)
   const int32_t* paths;  // (K, L)
+  const int32_t* inv_paths;  // (K, L): inv_paths[k][paths[k][t]] = t
   const T* states;       // (B, K, Dk, J, N)
   T* pgrad;              // (B, K, nvk, N + R + 2, W): dA, d_dt_w, d_dt_b, d_Ds per batch
   int64_t G;             // channel groups per (b, k)

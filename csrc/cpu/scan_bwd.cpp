@@ -36,6 +36,14 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
   const at::Tensor xdT = gather_dbl<T>(x_dbl, paths, cg);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
+  // The inverse permutations (the x_dbl gradient is written by grid position).
+  at::Tensor inv = at::empty_like(pc);
+  {
+    const int32_t* pp = pc.data_ptr<int32_t>();
+    int32_t* ip = inv.data_ptr<int32_t>();
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t t = 0; t < g.L; ++t) ip[k * g.L + pp[k * g.L + t]] = static_cast<int32_t>(t);
+  }
   const int64_t KD = g.grouped ? 1 : g.K;
   // Batches per wave: as many as keep the wave's du within kDubBudget (at least one). It depends on
   // the shape and the variant's lane count only, so the channel grouping, and with it the order of
@@ -55,8 +63,9 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
     const int64_t nb = std::min(Bw, g.B - b0);
     T* dbl_out = dx_dbl.data_ptr<T>() + b0 * wave_dbl;
     const BwdCtx<T> c{cg, xT.data_ptr<T>(), gT.data_ptr<T>(), xdT.data_ptr<T>(), pack.data_ptr<T>(),
-                      pc.data_ptr<int32_t>(), states.data_ptr<T>(), pgrad.data_ptr<T>(), G, b0, Bw,
-                      dub.data_ptr<T>(), G == 1 ? dbl_out : parts.data_ptr<T>()};
+                      pc.data_ptr<int32_t>(), inv.data_ptr<int32_t>(), states.data_ptr<T>(),
+                      pgrad.data_ptr<T>(), G, b0, Bw, dub.data_ptr<T>(),
+                      G == 1 ? dbl_out : parts.data_ptr<T>()};
     at::parallel_for(0, nb * g.K * G, 1, [&](int64_t begin, int64_t end) {
       // The thread's scratch, 64-byte aligned for the vector types of any variant.
       std::unique_ptr<unsigned char[]> block(new unsigned char[scratch_bytes + 64]);

@@ -37,6 +37,19 @@ struct ParamVec {
   }
 };
 
+// Prefetch, for reading (kWrite false) or for writing, the W values at base of each of the rows
+// path[0 .. nt) of an (L, Dst) array (row p at base + p * Dst).
+template <typename T, int W, bool kWrite = false>
+inline void prefetch_rows(const T* base, const int32_t* path, int64_t nt, int64_t Dst) {
+  for (int64_t i = 0; i < nt; ++i) {
+    const T* p = base + static_cast<int64_t>(path[i]) * Dst;
+    __builtin_prefetch(p, kWrite, 3);
+    const T* last = p + (W - 1);  // the W values may straddle two cache lines
+    if ((reinterpret_cast<uintptr_t>(p) >> 6) != (reinterpret_cast<uintptr_t>(last) >> 6))
+      __builtin_prefetch(last, kWrite, 3);
+  }
+}
+
 // Phase A for steps [t0, t0 + nt): delta[i], u[i] (masked to the valid lanes) and, if sig is not
 // null, sig[i] = softplus'(z). rows: x_dbl gathered in scan order from step t0 ((nt, C) rows,
 // [B | C | dt] each, see gather_dbl);
