@@ -17,21 +17,23 @@
 namespace mambaad::cpu {
 
 // Every row of paths must be a permutation of [0, L): the merge writes every grid position once per
-// direction, and a bad index would read out of bounds.
-inline void check_paths_permutation(const char* op, const at::Tensor& paths) {
+// direction, and a bad index would read out of bounds. Returns the inverse permutations, (K, L)
+// int32: inv[k][paths[k][t]] = t.
+inline at::Tensor paths_inverse(const char* op, const at::Tensor& paths) {
   const at::Tensor pc = paths.contiguous();
   const int64_t K = pc.size(0), L = pc.size(1);
   const int32_t* p = pc.data_ptr<int32_t>();
-  std::vector<char> seen(static_cast<size_t>(L));
+  at::Tensor inv = at::full({K, L}, -1, pc.options());
+  int32_t* ip = inv.data_ptr<int32_t>();
   for (int64_t k = 0; k < K; ++k) {
-    std::fill(seen.begin(), seen.end(), 0);
     for (int64_t t = 0; t < L; ++t) {
       const int64_t v = p[k * L + t];
-      TORCH_CHECK_VALUE(v >= 0 && v < L && !seen[v], op, ": paths[", k,
+      TORCH_CHECK_VALUE(v >= 0 && v < L && ip[k * L + v] < 0, op, ": paths[", k,
                         "] is not a permutation of 0 .. L - 1 (entry ", t, " is ", v, ")");
-      seen[v] = 1;
+      ip[k * L + v] = static_cast<int32_t>(t);
     }
   }
+  return inv;
 }
 
 // x (B, D, L), any strides and floating dtype -> (B, L, D + W) in T, channels innermost.

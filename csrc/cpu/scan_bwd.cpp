@@ -28,22 +28,14 @@ template <typename T>
 void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x, const at::Tensor& x_dbl,
              const at::Tensor& states, const at::Tensor& dt_w, const at::Tensor& dt_b,
              const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths,
-             const CpuGeometry& cg, at::Tensor& dx, at::Tensor& dx_dbl, at::Tensor& d_dt_w,
-             at::Tensor& d_dt_b, at::Tensor& d_A_logs, at::Tensor& d_Ds) {
+             const at::Tensor& inv, const CpuGeometry& cg, at::Tensor& dx, at::Tensor& dx_dbl,
+             at::Tensor& d_dt_w, at::Tensor& d_dt_b, at::Tensor& d_A_logs, at::Tensor& d_Ds) {
   const ScanGeometry& g = cg.g;
   const auto opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
   const at::Tensor xT = to_lanes<T>(x, cg), gT = to_lanes<T>(dout, cg);
   const at::Tensor xdT = gather_dbl<T>(x_dbl, paths, cg);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
-  // The inverse permutations (the x_dbl gradient is written by grid position).
-  at::Tensor inv = at::empty_like(pc);
-  {
-    const int32_t* pp = pc.data_ptr<int32_t>();
-    int32_t* ip = inv.data_ptr<int32_t>();
-    for (int64_t k = 0; k < g.K; ++k)
-      for (int64_t t = 0; t < g.L; ++t) ip[k * g.L + pp[k * g.L + t]] = static_cast<int32_t>(t);
-  }
   const int64_t KD = g.grouped ? 1 : g.K;
   // Batches per wave: as many as keep the wave's du within kDubBudget (at least one). It depends on
   // the shape and the variant's lane count only, so the channel grouping, and with it the order of
@@ -131,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const ScanGeometry geo = check_scan_args(op, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, grouped);
   check_bwd_args(op, dout, x, states, geo, kCpuStateChunk);
   TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": got tensors on ", x.device());
-  check_paths_permutation(op, paths);
+  const at::Tensor inv = paths_inverse(op, paths);  // the x_dbl gradient is written by grid position
   const IsaVariant& isa = active_isa();
   const CpuGeometry cg(geo, kCpuStateChunk, isa.lanes);
   const auto opts = x.options().dtype(compute_dtype(x.scalar_type()));
@@ -140,11 +132,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor d_dt_w = alloc_output(dt_w.sizes(), opts), d_dt_b = alloc_output(dt_b.sizes(), opts);
   at::Tensor d_A_logs = alloc_output(A_logs.sizes(), opts), d_Ds = alloc_output(Ds.sizes(), opts);
   if (opts.dtype() == at::kDouble)
-    run_bwd<double>(isa, dout, x, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, cg, dx, dx_dbl, d_dt_w, d_dt_b,
-                    d_A_logs, d_Ds);
+    run_bwd<double>(isa, dout, x, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, inv, cg, dx, dx_dbl, d_dt_w,
+                    d_dt_b, d_A_logs, d_Ds);
   else
-    run_bwd<float>(isa, dout, x, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, cg, dx, dx_dbl, d_dt_w, d_dt_b,
-                   d_A_logs, d_Ds);
+    run_bwd<float>(isa, dout, x, x_dbl, states, dt_w, dt_b, A_logs, Ds, paths, inv, cg, dx, dx_dbl, d_dt_w,
+                   d_dt_b, d_A_logs, d_Ds);
   return {dx, dx_dbl, d_dt_w, d_dt_b, d_A_logs, d_Ds};
 }
 
