@@ -137,9 +137,9 @@ struct Bwd {
   static constexpr int64_t kBlock = Scratch::kBlock;
 
   // The reverse recurrence of states [n0, n0 + nb) over the chunk's nt steps, last to first: dh
-  // carried in registers; adds the dB partials into part, dA into gA, and the step's sums over the
+  // carried in registers; adds the dB partials into part (kAdd false: stores them, the task's first vector), dA into gA, and the step's sums over the
   // block's states of dh_t B_t[n] (dot) and A_n q (dda), stored (first block) or added.
-  template <int64_t NB>
+  template <int64_t NB, bool kAdd>
   static inline void reverse_block(Scratch& s, const ParamVec<T, W>& pv, const T* xd, int64_t C, int64_t N,
                                    int64_t n0, int64_t nb, int64_t nt, V* dh_carry, T* gA, bool first) {
     const int64_t w = NB > 0 ? NB : nb;
@@ -158,7 +158,7 @@ struct Bwd {
       for (int64_t m = 0; m < w; ++m) {
         V q;
         const V dht = step_backward(dh[m], gr, Ct[m], dec[m], hprev[m], q);
-        part[m] += dht * du;
+        part[m] = kAdd ? part[m] + dht * du : dht * du;
         dot += dht * Bt[m];
         dda += q * vload<T, W>(pv.a + (n0 + m) * W);
         T* g = gA + (n0 + m) * W;
@@ -180,7 +180,7 @@ struct Bwd {
   // states, then the per-step gradients of delta and the parameters. nxt_v, nxt_j: the (vector,
   // chunk) the task runs next (nxt_v < 0: none), whose rows are prefetched.
   static void chunk(const BwdCtx<T>& c, Scratch& s, int64_t b, int64_t k, int64_t v, int64_t j,
-                    V* dh_carry, V* dzv, int64_t nxt_v, int64_t nxt_j) {
+                    V* dh_carry, V* dzv, bool first_vector, int64_t nxt_v, int64_t nxt_j) {
     const ScanGeometry& g = c.cg.g;
     const int64_t N = NT > 0 ? NT : g.N, R = g.R, C = c.cg.C, L = g.L, J = c.cg.J, Dst = c.cg.Dst;
     const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
@@ -216,19 +216,25 @@ struct Bwd {
     // kBlock states at a time (N / kBlock blocks; with N unknown at compile time the last may be
     // narrower): recompute the block's states h[t0 - 1 .. t0 + nt - 1] (hbuf rows 0 .. nt) and
     // decays (the forward's values to float rounding: Math::decay_recompute), adding the dC
-    // partials g_t h_t into part meanwhile; then the block's reverse recurrence. dA accumulates in pg's first N slots.
+    // partials g_t h_t into part meanwhile; then the block's reverse recurrence. The task's first
+    // vector stores its dB / dC partials instead (part is not zeroed per chunk). dA accumulates in
+    // pg's first N slots.
     for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
       const int64_t nb = std::min(kBlock, N - n0);
       for (int64_t m = 0; m < nb; ++m) s.hbuf[m] = h0[n0 + m];
-      if (nb == kBlock) {
-        recompute_block<T, kBlock, W>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
-                                      s.part + N + n0, C);
-        reverse_block<kBlock>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
-      } else {
-        recompute_block<T, 0, W>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
-                                 s.part + N + n0, C);
-        reverse_block<0>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
-      }
+      auto block = [&](auto nbc, auto add) {  // nbc: NB (kBlock, or 0 for a narrower last block)
+        constexpr int64_t NB = decltype(nbc)::value;
+        constexpr bool kAdd = decltype(add)::value;
+        recompute_block<T, NB, W, kAdd>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
+                                        s.part + N + n0, C);
+        reverse_block<NB, kAdd>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
+      };
+      using Full = std::integral_constant<int64_t, kBlock>;
+      using Part = std::integral_constant<int64_t, 0>;
+      if (nb == kBlock)
+        first_vector ? block(Full{}, std::false_type{}) : block(Full{}, std::true_type{});
+      else
+        first_vector ? block(Part{}, std::false_type{}) : block(Part{}, std::true_type{});
     }
 
     // Per step: dz = d loss / d z_t, du (into dub at the step's grid position), d_dt_b and d_Ds.
@@ -314,9 +320,8 @@ struct Bwd {
       T* dst = c.dxdbl + ((gi * c.Bw + bw) * g.K + k) * C * L;
       for (int64_t j = c.cg.J - 1; j >= 0; --j) {
         const int64_t t0 = j * c.cg.chunk, nt = std::min(L, t0 + c.cg.chunk) - t0;
-        for (int64_t e = 0; e < nt * C; ++e) s.part[e] = V{};
         for (int64_t v = v0; v < v1; ++v)
-          chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N, s.dz + (v - v0) * c.cg.chunk,
+          chunk(c, s, b, k, v, j, s.dh_carry + (v - v0) * N, s.dz + (v - v0) * c.cg.chunk, v == v0,
                 v + 1 < v1 ? v + 1 : (j > 0 ? v0 : -1), v + 1 < v1 ? j : j - 1);
         dt_partials(c, s, k, v0, v1, nt);
         // Lanes summed (rows [B | C | dt] per step), kept in scan order.
@@ -324,16 +329,28 @@ struct Bwd {
         for (int64_t e = 0; e < nt * C; ++e) sums[e] = T(0);
         for (int64_t i = 0; i < nt; ++i) add_lane_sums<T, W>(s.part + i * C, C, sums + i * C);
       }
-      // x_dbl's gradient in its layout, rows [dt | B | C] of L grid positions, a tile of positions
-      // at a time: each position's step through the inverse path, whole cache lines written.
+      // x_dbl's gradient in its layout, rows [dt | B | C] of L grid positions, a tile of W positions
+      // at a time: each position's step through the inverse path, W x W blocks (W positions, W of
+      // the C columns) transposed in registers, whole vectors of positions written.
       const int32_t* inv = c.inv_paths + k * L;
-      constexpr int64_t PT = 16;
-      for (int64_t p0 = 0; p0 < L; p0 += PT) {
-        const int64_t np = std::min(PT, L - p0);
-        const T* src[PT];
+      auto out_row = [&](int64_t cc) { return dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L; };
+      for (int64_t p0 = 0; p0 < L; p0 += W) {
+        const int64_t np = std::min<int64_t>(W, L - p0);
+        const T* src[W];
         for (int64_t q = 0; q < np; ++q) src[q] = s.sums + static_cast<int64_t>(inv[p0 + q]) * C;
-        for (int64_t cc = 0; cc < C; ++cc) {
-          T* row = dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L + p0;
+        int64_t c0 = 0;
+        if (np == W) {
+          for (; c0 + W <= C; c0 += W) {
+            V r[W];
+#pragma GCC unroll 16
+            for (int q = 0; q < W; ++q) r[q] = vload<T, W>(src[q] + c0);
+            transpose_square<T, W>(r);
+#pragma GCC unroll 16
+            for (int m = 0; m < W; ++m) vstore<T, W>(out_row(c0 + m) + p0, r[m]);
+          }
+        }
+        for (int64_t cc = c0; cc < C; ++cc) {
+          T* row = out_row(cc) + p0;
           for (int64_t q = 0; q < np; ++q) row[q] = src[q][cc];
         }
       }

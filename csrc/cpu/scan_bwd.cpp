@@ -33,7 +33,7 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
   const ScanGeometry& g = cg.g;
   const auto opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
   const at::Tensor xT = to_lanes<T>(x, cg), gT = to_lanes<T>(dout, cg);
-  const at::Tensor xdT = gather_dbl<T>(x_dbl, paths, cg);
+  const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
   const int64_t KD = g.grouped ? 1 : g.K;

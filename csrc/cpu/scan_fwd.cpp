@@ -15,9 +15,9 @@ namespace {
 template <typename T>
 void run_fwd(const IsaVariant& isa, const at::Tensor& x, const at::Tensor& x_dbl, const at::Tensor& dt_w,
              const at::Tensor& dt_b, const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths,
-             const CpuGeometry& cg, at::Tensor& out_ct, at::Tensor& states) {
+             const at::Tensor& inv, const CpuGeometry& cg, at::Tensor& out_ct, at::Tensor& states) {
   const at::Tensor xT = to_lanes<T>(x, cg);
-  const at::Tensor xdT = gather_dbl<T>(x_dbl, paths, cg);
+  const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
   const FwdCtx<T> c{cg, xT.data_ptr<T>(), xdT.data_ptr<T>(), pack.data_ptr<T>(), pc.data_ptr<int32_t>(),
@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> scan_fwd(const at::Tensor& x, const at::Tenso
   constexpr const char* op = "mambaad::scan_fwd (CPU)";
   const ScanGeometry geo = check_scan_args(op, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, grouped);
   TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": got tensors on ", x.device());
-  paths_inverse(op, paths);  // the check (the forward needs no inverse)
+  const at::Tensor inv = paths_inverse(op, paths);  // the check, and x_dbl gathered by grid position
   const IsaVariant& isa = active_isa();
   const CpuGeometry cg(geo, kCpuStateChunk, isa.lanes);
   const auto ct = compute_dtype(x.scalar_type());
@@ -49,9 +49,9 @@ std::tuple<at::Tensor, at::Tensor> scan_fwd(const at::Tensor& x, const at::Tenso
   at::Tensor states = alloc_output(states_shape(geo, cg.chunk), x.options().dtype(ct));
   at::Tensor out_ct = ct == x.scalar_type() ? out : at::empty({geo.B, geo.D, geo.L}, x.options().dtype(ct));
   if (ct == at::kDouble)
-    run_fwd<double>(isa, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, cg, out_ct, states);
+    run_fwd<double>(isa, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, inv, cg, out_ct, states);
   else
-    run_fwd<float>(isa, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, cg, out_ct, states);
+    run_fwd<float>(isa, x, x_dbl, dt_w, dt_b, A_logs, Ds, paths, inv, cg, out_ct, states);
   if (!out_ct.is_same(out)) out.copy_(out_ct);
   return {out, states};
 }

@@ -10,9 +10,11 @@
 // namespace MAMBAAD_ISA, so that the variants' templates are distinct symbols.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "hss_math.h"
 
@@ -99,6 +101,44 @@ inline Vec<float, W> vabs(Vec<float, W> a) {
 template <int W>
 inline Vec<double, W> vabs(Vec<double, W> a) {
   return (Vec<double, W>)((VecI<double, W>)a & 0x7fffffffffffffffLL);
+}
+
+namespace detail {
+
+// One stage of transpose_square: rows i and j = i + H exchange their off-diagonal H x H blocks
+// (lane e of row i with e & H set takes row j's lane e - H, and row j's lane e without it row i's
+// lane e + H). Two-source shuffles with constant indices.
+template <int H, typename V, typename I, std::size_t... E>
+inline void swap_blocks(V& a, V& b, std::index_sequence<E...>) {
+  constexpr int W = sizeof...(E);
+#if defined(__clang__)
+  const V lo = __builtin_shufflevector(a, b, ((E & H) ? int(W + E - H) : int(E))...);
+  const V hi = __builtin_shufflevector(a, b, ((E & H) ? int(W + E) : int(E + H))...);
+#else
+  const V lo = __builtin_shuffle(a, b, I{((E & H) ? int(W + E - H) : int(E))...});
+  const V hi = __builtin_shuffle(a, b, I{((E & H) ? int(W + E) : int(E + H))...});
+#endif
+  a = lo;
+  b = hi;
+}
+
+template <int H, typename T, int W>
+inline void transpose_stage(Vec<T, W>* r) {
+  if constexpr (H < W) {
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i)
+      if (!(i & H)) swap_blocks<H, Vec<T, W>, VecI<T, W>>(r[i], r[i + H], std::make_index_sequence<W>{});
+    transpose_stage<2 * H, T, W>(r);
+  }
+}
+
+}  // namespace detail
+
+// In place: r[i][e] <- r[e][i] for the W x W matrix of the W vectors r[0 .. W) (log2 W stages of W
+// shuffles, each swapping one bit of the row index with the same bit of the lane index).
+template <typename T, int W>
+inline void transpose_square(Vec<T, W>* r) {
+  detail::transpose_stage<1, T, W>(r);
 }
 
 template <typename T, int W>

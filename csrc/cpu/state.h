@@ -39,21 +39,39 @@ struct State : StateStorage<T, NT, W> {
     for (int64_t n = 0; n < N; ++n) this->v[n] = Vec<T, W>{};
   }
 
-  // dst[lane * lane_stride + n] = h[n][lane] for the first nvalid lanes: states (.., Dk, J, N).
+  // dst[lane * lane_stride + n] = h[n][lane] for the first nvalid lanes: states (.., Dk, J, N). W
+  // states at a time by a transpose in registers (one vector store per lane), the rest one by one.
   void checkpoint(T* dst, int64_t lane_stride, int nvalid) {
+    int64_t n0 = 0;
+    for (; n0 + W <= N; n0 += W) {
+      Vec<T, W> r[W];
 #pragma GCC unroll 16
-    for (int64_t n = 0; n < N; ++n)
-      for (int i = 0; i < nvalid; ++i) dst[i * lane_stride + n] = this->v[n][i];
+      for (int m = 0; m < W; ++m) r[m] = this->v[n0 + m];
+      transpose_square<T, W>(r);
+      for (int i = 0; i < nvalid; ++i) vstore<T, W>(dst + i * lane_stride + n0, r[i]);
+    }
+    if constexpr (NT % W != 0 || NT == 0)
+      for (int64_t n = n0; n < N; ++n)
+        for (int i = 0; i < nvalid; ++i) dst[i * lane_stride + n] = this->v[n][i];
   }
 
   // The inverse of checkpoint; lanes past nvalid are zero.
   void restore(const T* src, int64_t lane_stride, int nvalid) {
+    int64_t n0 = 0;
+    for (; n0 + W <= N; n0 += W) {
+      Vec<T, W> r[W];
 #pragma GCC unroll 16
-    for (int64_t n = 0; n < N; ++n) {
-      Vec<T, W> h{};
-      for (int i = 0; i < nvalid; ++i) h[i] = src[i * lane_stride + n];
-      this->v[n] = h;
+      for (int i = 0; i < W; ++i) r[i] = i < nvalid ? vload<T, W>(src + i * lane_stride + n0) : Vec<T, W>{};
+      transpose_square<T, W>(r);
+#pragma GCC unroll 16
+      for (int m = 0; m < W; ++m) this->v[n0 + m] = r[m];
     }
+    if constexpr (NT % W != 0 || NT == 0)
+      for (int64_t n = n0; n < N; ++n) {
+        Vec<T, W> h{};
+        for (int i = 0; i < nvalid; ++i) h[i] = src[i * lane_stride + n];
+        this->v[n] = h;
+      }
   }
 };
 

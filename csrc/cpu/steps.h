@@ -106,8 +106,9 @@ inline void forward_chunk(State<T, NT, W>& h, const ParamVec<T, W>& pv, const T*
 // (Math::decay_recompute), so the forward's values to float rounding.
 // h (nb) holds h_{t0 - 1} on entry. Stores h_t into hsave[(i + 1) * nb] (the caller puts
 // h_{t0 - 1} in row 0) and the decays into dsave[i * nb], and adds the dC partials gr[i] * h_t[n]
-// into dc[i * dc_stride + n - n0] (dL/dy_t times the state, while the state is in a register).
-template <typename T, int NB, int W>
+// into dc[i * dc_stride + n - n0] (dL/dy_t times the state, while the state is in a register), or
+// stores them there (kAdd false: the first of the vectors summed there).
+template <typename T, int NB, int W, bool kAdd = true>
 inline void recompute_block(Vec<T, W>* h, const ParamVec<T, W>& pv, const T* rows, int64_t C, int64_t N,
                             int64_t n0, int64_t nb, int64_t nt, const Vec<T, W>* delta, const Vec<T, W>* u,
                             const Vec<T, W>* gr, Vec<T, W>* hsave, Vec<T, W>* dsave, Vec<T, W>* dc,
@@ -129,7 +130,7 @@ inline void recompute_block(Vec<T, W>* h, const ParamVec<T, W>& pv, const T* row
       hv[m] = step_decayed(hv[m], decay, du, Bt[m]);
       hsave[(i + 1) * w + m] = hv[m];
       dsave[i * w + m] = decay;
-      dc[i * dc_stride + m] += g * hv[m];
+      dc[i * dc_stride + m] = kAdd ? dc[i * dc_stride + m] + g * hv[m] : g * hv[m];
     }
   }
 }
