@@ -329,25 +329,28 @@ struct Bwd {
         for (int64_t e = 0; e < nt * C; ++e) sums[e] = T(0);
         for (int64_t i = 0; i < nt; ++i) add_lane_sums<T, W>(s.part + i * C, C, sums + i * C);
       }
-      // x_dbl's gradient in its layout, rows [dt | B | C] of L grid positions, a tile of W positions
-      // at a time: each position's step through the inverse path, W x W blocks (W positions, W of
-      // the C columns) transposed in registers, whole vectors of positions written.
+      // x_dbl's gradient in its layout, rows [dt | B | C] of L grid positions, a tile of PT
+      // positions (a cache line of each row, at least W) at a time: each position's step through
+      // the inverse path, W x W blocks (W positions, W of the C columns) transposed in registers.
       const int32_t* inv = c.inv_paths + k * L;
+      constexpr int64_t PT = std::max<int64_t>(W, 64 / sizeof(T));  // a multiple of W
       auto out_row = [&](int64_t cc) { return dst + (cc < 2 * N ? R + cc : cc - 2 * N) * L; };
-      for (int64_t p0 = 0; p0 < L; p0 += W) {
-        const int64_t np = std::min<int64_t>(W, L - p0);
-        const T* src[W];
+      for (int64_t p0 = 0; p0 < L; p0 += PT) {
+        const int64_t np = std::min<int64_t>(PT, L - p0), nw = np / W * W;  // nw: in whole blocks
+        const T* src[PT];
         for (int64_t q = 0; q < np; ++q) src[q] = s.sums + static_cast<int64_t>(inv[p0 + q]) * C;
         int64_t c0 = 0;
-        if (np == W) {
-          for (; c0 + W <= C; c0 += W) {
+        for (; c0 + W <= C; c0 += W) {
+          for (int64_t q0 = 0; q0 < nw; q0 += W) {
             V r[W];
 #pragma GCC unroll 16
-            for (int q = 0; q < W; ++q) r[q] = vload<T, W>(src[q] + c0);
+            for (int q = 0; q < W; ++q) r[q] = vload<T, W>(src[q0 + q] + c0);
             transpose_square<T, W>(r);
 #pragma GCC unroll 16
-            for (int m = 0; m < W; ++m) vstore<T, W>(out_row(c0 + m) + p0, r[m]);
+            for (int m = 0; m < W; ++m) vstore<T, W>(out_row(c0 + m) + p0 + q0, r[m]);
           }
+          for (int64_t cc = c0; cc < c0 + W; ++cc)
+            for (int64_t q = nw; q < np; ++q) out_row(cc)[p0 + q] = src[q][cc];
         }
         for (int64_t cc = c0; cc < C; ++cc) {
           T* row = out_row(cc) + p0;
