@@ -137,8 +137,9 @@ struct Bwd {
   static constexpr int64_t kBlock = Scratch::kBlock;
 
   // The reverse recurrence of states [n0, n0 + nb) over the chunk's nt steps, last to first: dh
-  // carried in registers; adds the dB partials into part (kAdd false: stores them, the task's first vector), dA into gA, and the step's sums over the
-  // block's states of dh_t B_t[n] (dot) and A_n q (dda), stored (first block) or added.
+  // carried in registers; adds the dB partials into part (kAdd false, the task's first vector:
+  // stores them), dA into gA, and the step's sums over the block's states of dh_t B_t[n] (dot)
+  // and A_n q (dda), stored (first block) or added.
   template <int64_t NB, bool kAdd>
   static inline void reverse_block(Scratch& s, const ParamVec<T, W>& pv, const T* xd, int64_t C, int64_t N,
                                    int64_t n0, int64_t nb, int64_t nt, V* dh_carry, T* gA, bool first) {
