@@ -23,9 +23,10 @@
 // vector) and written in x_dbl's layout by tiles of grid positions once the task is done (through
 // the inverse path: no scattered stores); the rows of u, dL/dy and du a (vector, chunk) touches are
 // prefetched while the one before runs. The sum over directions of dx goes through a per-direction
-// buffer reduced after the scan (scan_bwd.cpp), and the parameter gradients through per-batch
-// partials. Every sum has a fixed order: the result is deterministic and independent of the number
-// of threads (the channel grouping depends on the shapes and W only).
+// buffer reduced after the scan (scan_bwd.cpp; with AVX-512 written by whole-line stores past the
+// caches), and the parameter gradients through per-batch partials (param_grads). Every sum has a
+// fixed order: the result is deterministic and independent of the number of threads (the channel
+// grouping depends on the shapes and W only).
 #pragma once
 
 #include <algorithm>
@@ -177,6 +178,15 @@ struct Bwd {
     for (int64_t m = 0; m < w; ++m) dh_carry[n0 + m] = dh[m];
   }
 
+  // Whether a vector's du, nvalid channels from p in rows Dst apart, goes to dub by whole-line
+  // stores past the caches (vstream): du is written once, at the path's scattered rows, and read
+  // only by reduce_dx after the scan (a (Bw, K, L, D) buffer larger than the caches at the large
+  // grids), so its lines need not be read for ownership nor evict the scan's working set.
+  static bool streams_du(const T* p, int nvalid, int64_t Dst) {
+    return kStreamStore<T, W> && nvalid == W && reinterpret_cast<uintptr_t>(p) % 64 == 0 &&
+           Dst * static_cast<int64_t>(sizeof(T)) % 64 == 0;
+  }
+
   // One chunk [t0, t0 + nt) of vector v: recompute (adding the dC partials), reverse by blocks of
   // states, then the per-step gradients of delta and the parameters. nxt_v, nxt_j: the (vector,
   // chunk) the task runs next (nxt_v < 0: none), whose rows are prefetched.
@@ -198,14 +208,16 @@ struct Bwd {
     T* pg = c.pgrad + ((b * g.K + k) * c.cg.nvk + v) * (N + R + 2) * W;
 
     // The rows of u, dL/dy and du the task's next (vector, chunk) reads and writes, requested a
-    // whole chunk of work ahead: the path's order defeats the hardware prefetchers.
+    // whole chunk of work ahead: the path's order defeats the hardware prefetchers. (du's, unless
+    // they are streamed: then no line is read before it is written.)
     if (nxt_v >= 0) {
       const int64_t nt0 = nxt_j * c.cg.chunk, nnt = std::min(L, nt0 + c.cg.chunk) - nt0;
       const int64_t shift = g.channel(k, nxt_v * W) - ch0;
       const int32_t* npath = c.paths + k * L + nt0;
       prefetch_rows<T, W>(ub + shift, npath, nnt, Dst);
       prefetch_rows<T, W>(gb + shift, npath, nnt, Dst);
-      prefetch_rows<T, W, true>(dub + shift, npath, nnt, Dst);
+      if (!streams_du(dub + shift, c.cg.nvalid(nxt_v), Dst))
+        prefetch_rows<T, W, true>(dub + shift, npath, nnt, Dst);
     }
 
     // Per step: delta, u, sig and dL/dy_t.
@@ -240,12 +252,17 @@ struct Bwd {
 
     // Per step: dz = d loss / d z_t, du (into dub at the step's grid position), d_dt_b and d_Ds.
     const V dsk = vload<T, W>(pv.d_skip);
+    const bool stream = streams_du(dub, nvalid, Dst);
     V gdtb{}, gD{};
     for (int64_t i = 0; i < nt; ++i) {
       const V gr = s.gr[i], u = s.u[i];
       const V dz = (s.dda[i] + u * s.dot[i]) * s.sig[i];
       dzv[i] = dz;
-      vstore_n<T, W>(dub + path[i] * Dst, gr * dsk + s.delta[i] * s.dot[i], nvalid);
+      const V du = gr * dsk + s.delta[i] * s.dot[i];
+      if (stream)
+        vstream<T, W>(dub + path[i] * Dst, du);
+      else
+        vstore_n<T, W>(dub + path[i] * Dst, du, nvalid);
       gdtb += dz;
       gD += gr * u;
     }
@@ -359,6 +376,7 @@ struct Bwd {
         }
       }
     }
+    stream_fence();  // du's streamed stores, before reduce_dx reads them on other threads
   }
 };
 
@@ -410,12 +428,67 @@ void reduce_dx(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t b
   }
 }
 
+// The parameter gradients of the (k, channel vector) items [begin, end): the N + R + 2 partial
+// vectors of each (dA, d_dt_w, d_dt_b, d_Ds; W lanes = W channels) summed over the batch in order,
+// dA times A (the gradient of A_logs, A = -exp(A_logs)), then W of them at a time transposed in
+// registers so that each channel's values go to its parameter row by whole vectors.
+template <typename T>
+void param_grads(const T* pgrad, const T* pack, const CpuGeometry& cg, ParamGradOut<T> out, int64_t begin,
+                 int64_t end) {
+  constexpr int W = kW;
+  using V = Vec<T, W>;
+  const ScanGeometry& g = cg.g;
+  const int64_t N = g.N, R = g.R, PG = N + R + 2, KV = g.K * cg.nvk;
+  for (int64_t kv = begin; kv < end; ++kv) {
+    const int64_t v = kv % cg.nvk, row0 = kv / cg.nvk * g.Dk + v * W;  // parameter row of lane 0
+    const int nvalid = cg.nvalid(v);
+    const T* a = pack + (kv * cg.PS + N) * W;  // A, W lanes per state
+    for (int64_t e0 = 0; e0 < PG; e0 += W) {  // partials e0 .. e0 + ne
+      const int64_t ne = std::min<int64_t>(W, PG - e0);
+      V r[W];
+#pragma GCC unroll 16
+      for (int m = 0; m < W; ++m) {
+        const int64_t e = e0 + m;
+        if (e >= PG) {
+          r[m] = V{};
+          continue;
+        }
+        V acc = vload<T, W>(pgrad + (kv * PG + e) * W);
+        for (int64_t b = 1; b < g.B; ++b) acc += vload<T, W>(pgrad + ((b * KV + kv) * PG + e) * W);
+        r[m] = e < N ? acc * vload<T, W>(a + e * W) : acc;
+      }
+      transpose_square<T, W>(r);  // r[i][m]: partial e0 + m of channel row0 + i
+      for (int i = 0; i < nvalid; ++i) {
+        const int64_t row = row0 + i;
+        if (ne == W && e0 + W <= N) {
+          vstore<T, W>(out.A_logs + row * N + e0, r[i]);
+        } else if (ne == W && e0 >= N && e0 + W <= N + R) {
+          vstore<T, W>(out.dt_w + row * R + (e0 - N), r[i]);
+        } else {
+          for (int64_t m = 0; m < ne; ++m) {
+            const int64_t e = e0 + m;
+            const T val = r[i][m];
+            if (e < N)
+              out.A_logs[row * N + e] = val;
+            else if (e < N + R)
+              out.dt_w[row * R + (e - N)] = val;
+            else if (e == N + R)
+              out.dt_b[row] = val;
+            else
+              out.Ds[row] = val;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Constant-initialised (no code of this variant runs when the library loads).
 extern const ScanLoops<float> loops_f32;
 extern const ScanLoops<double> loops_f64;
 constinit const ScanLoops<float> loops_f32 = {&fwd_tasks<float>, &bwd_scratch_bytes<float>, &bwd_tasks<float>,
-                                              &reduce_dx<float>};
+                                              &reduce_dx<float>, &param_grads<float>};
 constinit const ScanLoops<double> loops_f64 = {&fwd_tasks<double>, &bwd_scratch_bytes<double>,
-                                               &bwd_tasks<double>, &reduce_dx<double>};
+                                               &bwd_tasks<double>, &reduce_dx<double>, &param_grads<double>};
 
 }  // namespace mambaad::cpu::MAMBAAD_ISA

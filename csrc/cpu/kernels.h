@@ -69,6 +69,16 @@ struct BwdCtx {
   T* dxdbl;              // (G, Bw, K, C, L): dx_dbl partials per channel group (the output from b0 if G = 1)
 };
 
+// Where param_grads writes: the gradients of dt_w (K * Dk, R), dt_b, A_logs (K * Dk, N) and Ds,
+// contiguous.
+template <typename T>
+struct ParamGradOut {
+  T* dt_w;
+  T* dt_b;
+  T* A_logs;
+  T* Ds;
+};
+
 // The scan loops of one element type in one variant. Tasks are numbered as the drivers split them
 // over threads: forward (b, [k when grouped,] channel vector), backward (b - b0, k, channel group).
 template <typename T>
@@ -82,6 +92,10 @@ struct ScanLoops {
   // dx = the sum over the KD direction rows of du (BwdCtx::dub), for the (batch, 64-position tile)
   // items [begin, end); tile: 64 * 64 values of scratch.
   void (*reduce_dx)(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t begin, int64_t end, T* tile);
+  // The parameter gradients from the backward's per-batch partials (BwdCtx::pgrad, B of them) and
+  // the packed parameters, for the (k, channel vector) items [begin, end).
+  void (*param_grads)(const T* pgrad, const T* pack, const CpuGeometry& cg, ParamGradOut<T> out, int64_t begin,
+                      int64_t end);
 };
 
 // One compiled variant (dispatch.cpp lists them).

@@ -82,33 +82,10 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
     }
   }
 
-  // Parameter gradients: sum the per-batch partials in order, back to the parameters' layouts. One
-  // vector of channels at a time: the inner loops run over its W contiguous lanes (vectorised by the
-  // compiler for the baseline instruction set), then the lanes go to W parameter rows.
-  const int64_t K = g.K, Dk = g.Dk, N = g.N, R = g.R, PG = N + R + 2, W = cg.W, nvk = cg.nvk;
-  const T* pg = pgrad.data_ptr<T>();
-  const T* pk = pack.data_ptr<T>();
-  T *gw = d_dt_w.data_ptr<T>(), *gb = d_dt_b.data_ptr<T>();
-  T *ga = d_A_logs.data_ptr<T>(), *gd = d_Ds.data_ptr<T>();
-  at::parallel_for(0, K * nvk, 4, [&](int64_t begin, int64_t end) {
-    std::vector<T> tot(PG * W);
-    for (int64_t kv = begin; kv < end; ++kv) {
-      const int64_t k = kv / nvk, v = kv % nvk, row0 = k * Dk + v * W;
-      const int nvalid = cg.nvalid(v);
-      std::fill(tot.begin(), tot.end(), T(0));
-      for (int64_t b = 0; b < g.B; ++b) {
-        const T* src = pg + ((b * K + k) * nvk + v) * PG * W;
-        for (int64_t e = 0; e < PG * W; ++e) tot[e] += src[e];
-      }
-      const T* a = pk + (kv * cg.PS + N) * W;  // A = -exp(A_logs)
-      for (int i = 0; i < nvalid; ++i) {
-        const int64_t row = row0 + i;
-        for (int64_t n = 0; n < N; ++n) ga[row * N + n] = tot[n * W + i] * a[n * W + i];
-        for (int64_t r = 0; r < R; ++r) gw[row * R + r] = tot[(N + r) * W + i];
-        gb[row] = tot[(N + R) * W + i];
-        gd[row] = tot[(N + R + 1) * W + i];
-      }
-    }
+  // Parameter gradients: the per-batch partials summed in order, back to the parameters' layouts.
+  const ParamGradOut<T> pout{d_dt_w.data_ptr<T>(), d_dt_b.data_ptr<T>(), d_A_logs.data_ptr<T>(), d_Ds.data_ptr<T>()};
+  at::parallel_for(0, g.K * cg.nvk, 4, [&](int64_t begin, int64_t end) {
+    run.param_grads(pgrad.data_ptr<T>(), pack.data_ptr<T>(), cg, pout, begin, end);
   });
 }
 

@@ -58,6 +58,36 @@ inline void vstore_n(T* p, Vec<T, W> v, int n) {
   for (int i = 0; i < n; ++i) p[i] = v[i];
 }
 
+// Whether vstream<T, W> is a non-temporal store: one whole 64-byte line per vector (AVX-512, float).
+template <typename T, int W>
+inline constexpr bool kStreamStore =
+#if MAMBAAD_ISA_AVX512
+    std::is_same_v<T, float> && W == 16;
+#else
+    false;
+#endif
+
+// Store a vector past the caches where kStreamStore (p 64-byte aligned): for rows written once at
+// scattered places and read back by a later pass, whose lines need not be read for ownership first
+// nor evict the working set. A plain store otherwise. stream_fence orders these stores before the
+// thread's later ones (before another thread reads them).
+template <typename T, int W>
+inline void vstream(T* p, Vec<T, W> v) {
+#if MAMBAAD_ISA_AVX512
+  if constexpr (kStreamStore<T, W>) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#endif
+  vstore<T, W>(p, v);
+}
+
+inline void stream_fence() {
+#if MAMBAAD_ISA_AVX512
+  _mm_sfence();
+#endif
+}
+
 template <typename T, int W>
 inline Vec<T, W> vsplat(T s) {
   return Vec<T, W>{} + s;
