@@ -64,7 +64,8 @@ def test_variant_in_use(isa):
 
 
 # D not a multiple of 16 (a partial vector in every variant), L over several checkpoint chunks,
-# N 16 (the unrolled loops) and 5 (the general ones), HSS and GSS, every input dtype.
+# N 16 (the unrolled loops) and 5 (the general ones), HSS and GSS, every input dtype, contiguous,
+# sliced and channels-last inputs.
 CASES = [
     ("hss-n16-f32", dict(b=2, d=21, h=9, w=15, n=16, r=3, k=8, method="hilbert", dtype=F32)),
     ("hss-n5-f32-sliced", dict(b=1, d=9, h=13, w=11, n=5, r=2, k=4, method="scan", dtype=F32, layout="sliced")),
@@ -73,6 +74,8 @@ CASES = [
     ("gss-n16-f16", dict(b=2, d=24, h=7, w=13, n=16, r=2, k=4, method="zorder", dtype=torch.float16,
                          grouped=True, layout="channels_last")),
     ("hss-n16-f64", dict(b=1, d=19, h=9, w=15, n=16, r=2, k=4, method="hilbert", dtype=F64, param_dtype=F64)),
+    ("hss-n16-f32-channels_last", dict(b=2, d=20, h=9, w=15, n=16, r=2, k=4, method="zorder", dtype=F32,
+                                       layout="channels_last")),
 ]
 
 

@@ -428,6 +428,37 @@ void reduce_dx(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t b
   }
 }
 
+// out[b, p, d] = x[b, d, p] for the (batch, tile of 64 positions) items [begin, end): W channels x
+// W positions at a time, W row loads transposed in registers into W row stores; the edges (D or
+// the tile not a multiple of W) one value at a time.
+template <typename T>
+void to_lanes(const T* x, int64_t sb, int64_t sd, const CpuGeometry& cg, T* out, int64_t begin, int64_t end) {
+  constexpr int W = kW;
+  constexpr int64_t PT = 64;
+  const int64_t D = cg.g.D, L = cg.g.L, Dst = cg.Dst, npt = (L + PT - 1) / PT;
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t b = idx / npt, p0 = idx % npt * PT, p1 = std::min(L, p0 + PT);
+    const int64_t pw = p0 + (p1 - p0) / W * W;  // whole blocks of positions end at pw
+    const T* xb = x + b * sb;
+    T* ob = out + b * L * Dst;
+    int64_t d0 = 0;
+    for (; d0 + W <= D; d0 += W) {
+      for (int64_t p = p0; p < pw; p += W) {
+        Vec<T, W> r[W];
+#pragma GCC unroll 16
+        for (int i = 0; i < W; ++i) r[i] = vload<T, W>(xb + (d0 + i) * sd + p);
+        transpose_square<T, W>(r);
+#pragma GCC unroll 16
+        for (int i = 0; i < W; ++i) vstore<T, W>(ob + (p + i) * Dst + d0, r[i]);
+      }
+      for (int64_t p = pw; p < p1; ++p)
+        for (int64_t d = d0; d < d0 + W; ++d) ob[p * Dst + d] = xb[d * sd + p];
+    }
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t d = d0; d < D; ++d) ob[p * Dst + d] = xb[d * sd + p];
+  }
+}
+
 // The parameter gradients of the (k, channel vector) items [begin, end): the N + R + 2 partial
 // vectors of each (dA, d_dt_w, d_dt_b, d_Ds; W lanes = W channels) summed over the batch in order,
 // dA times A (the gradient of A_logs, A = -exp(A_logs)), then W of them at a time transposed in
@@ -487,8 +518,9 @@ void param_grads(const T* pgrad, const T* pack, const CpuGeometry& cg, ParamGrad
 extern const ScanLoops<float> loops_f32;
 extern const ScanLoops<double> loops_f64;
 constinit const ScanLoops<float> loops_f32 = {&fwd_tasks<float>, &bwd_scratch_bytes<float>, &bwd_tasks<float>,
-                                              &reduce_dx<float>, &param_grads<float>};
+                                              &reduce_dx<float>, &to_lanes<float>, &param_grads<float>};
 constinit const ScanLoops<double> loops_f64 = {&fwd_tasks<double>, &bwd_scratch_bytes<double>,
-                                               &bwd_tasks<double>, &reduce_dx<double>, &param_grads<double>};
+                                               &bwd_tasks<double>, &reduce_dx<double>, &to_lanes<double>,
+                                               &param_grads<double>};
 
 }  // namespace mambaad::cpu::MAMBAAD_ISA

@@ -92,6 +92,10 @@ struct ScanLoops {
   // dx = the sum over the KD direction rows of du (BwdCtx::dub), for the (batch, 64-position tile)
   // items [begin, end); tile: 64 * 64 values of scratch.
   void (*reduce_dx)(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t begin, int64_t end, T* tile);
+  // The lane layout (prep.h: to_lanes) of x (B, D, L) already in T with unit stride along L (batch
+  // and channel strides sb, sd): out (B, L, Dst), for the (batch, 64-position tile) items
+  // [begin, end).
+  void (*to_lanes)(const T* x, int64_t sb, int64_t sd, const CpuGeometry& cg, T* out, int64_t begin, int64_t end);
   // The parameter gradients from the backward's per-batch partials (BwdCtx::pgrad, B of them) and
   // the packed parameters, for the (k, channel vector) items [begin, end).
   void (*param_grads)(const T* pgrad, const T* pack, const CpuGeometry& cg, ParamGradOut<T> out, int64_t begin,

@@ -37,15 +37,30 @@ inline at::Tensor paths_inverse(const char* op, const at::Tensor& paths) {
 }
 
 // x (B, D, L), any strides and floating dtype -> (B, L, D + W) in T, channels innermost.
-// The W padding channels of each row are left unwritten: the kernels mask them.
+// The W padding channels of each row are left unwritten: the kernels mask them. x already in T
+// with unit stride along L (the usual case): the variant's register transposes (run.to_lanes);
+// otherwise converted one value at a time.
 template <typename T>
-at::Tensor to_lanes(const at::Tensor& x, const CpuGeometry& cg) {
+at::Tensor to_lanes(const at::Tensor& x, const CpuGeometry& cg, const ScanLoops<T>& run) {
   const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
   at::Tensor out = at::empty({B, L, cg.Dst}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
   T* o = out.data_ptr<T>();
   const int64_t sb = x.stride(0), sd = x.stride(1), sl = x.stride(2);
-  constexpr int64_t PT = 64, DT = 16;  // tile: positions x channels
+  constexpr int64_t PT = 64, DT = 16;  // tile: positions x channels (PT: as run.to_lanes)
   const int64_t npt = (L + PT - 1) / PT;
+  if (x.scalar_type() == c10::CppTypeToScalarType<T>::value && sd == 1) {  // channels last: copy rows
+    const T* xp = x.data_ptr<T>();
+    at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t bp = begin; bp < end; ++bp)
+        std::copy_n(xp + bp / L * sb + bp % L * sl, D, o + bp * cg.Dst);
+    });
+    return out;
+  }
+  if (x.scalar_type() == c10::CppTypeToScalarType<T>::value && sl == 1) {
+    const T* xp = x.data_ptr<T>();
+    at::parallel_for(0, B * npt, 1, [&](int64_t begin, int64_t end) { run.to_lanes(xp, sb, sd, cg, o, begin, end); });
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "to_lanes", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     at::parallel_for(0, B * npt, 1, [&](int64_t begin, int64_t end) {

@@ -32,7 +32,8 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
              at::Tensor& d_dt_w, at::Tensor& d_dt_b, at::Tensor& d_A_logs, at::Tensor& d_Ds) {
   const ScanGeometry& g = cg.g;
   const auto opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor xT = to_lanes<T>(x, cg), gT = to_lanes<T>(dout, cg);
+  const ScanLoops<T>& run = loops<T>(isa);
+  const at::Tensor xT = to_lanes<T>(x, cg, run), gT = to_lanes<T>(dout, cg, run);
   const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
@@ -47,7 +48,6 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
   at::Tensor dub = at::empty({Bw, KD, g.L, cg.Dst}, opts);
   at::Tensor parts = G == 1 ? at::Tensor() : at::empty({G, Bw, g.K, cg.C, g.L}, opts);
   at::Tensor pgrad = at::zeros({g.B, g.K, cg.nvk, g.N + g.R + 2, cg.W}, opts);
-  const ScanLoops<T>& run = loops<T>(isa);
   const size_t scratch_bytes = run.bwd_scratch_bytes(cg, (cg.nvk + G - 1) / G);
   const int64_t npt = (g.L + 63) / 64;  // dx: the sum over the directions, by tiles of 64 positions
   const int64_t wave_dbl = g.K * cg.C * g.L;  // dx_dbl values per batch

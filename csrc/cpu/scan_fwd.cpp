@@ -16,13 +16,13 @@ template <typename T>
 void run_fwd(const IsaVariant& isa, const at::Tensor& x, const at::Tensor& x_dbl, const at::Tensor& dt_w,
              const at::Tensor& dt_b, const at::Tensor& A_logs, const at::Tensor& Ds, const at::Tensor& paths,
              const at::Tensor& inv, const CpuGeometry& cg, at::Tensor& out_ct, at::Tensor& states) {
-  const at::Tensor xT = to_lanes<T>(x, cg);
+  const ScanLoops<T>& run = loops<T>(isa);
+  const at::Tensor xT = to_lanes<T>(x, cg, run);
   const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
   const FwdCtx<T> c{cg, xT.data_ptr<T>(), xdT.data_ptr<T>(), pack.data_ptr<T>(), pc.data_ptr<int32_t>(),
                     states.data_ptr<T>(), out_ct.data_ptr<T>()};
-  const ScanLoops<T>& run = loops<T>(isa);
   const ScanGeometry& g = cg.g;
   const int64_t KG = g.grouped ? g.K : 1;
   at::parallel_for(0, g.B * KG * cg.nvk, 1, [&](int64_t begin, int64_t end) {
