@@ -459,6 +459,47 @@ void to_lanes(const T* x, int64_t sb, int64_t sd, const CpuGeometry& cg, T* out,
   }
 }
 
+// out[b, k, inv[k][p]] = the column p of x_dbl[b, k], rows reordered to [B | C | dt], for the (b, k)
+// items [begin, end): W positions x W output columns at a time, W row loads transposed in registers
+// into W stores to the positions' steps; the columns of a block of W that would straddle the
+// B | C and dt runs, and the last L mod W positions, one value at a time.
+template <typename T>
+void gather_dbl(const T* x_dbl, int64_t sb, int64_t sk, int64_t sc, const int32_t* inv, const CpuGeometry& cg,
+                T* out, int64_t begin, int64_t end) {
+  constexpr int W = kW;
+  const int64_t K = cg.g.K, L = cg.g.L, C = cg.C, R = cg.g.R, BC = 2 * cg.g.N;
+  const int64_t pw = L / W * W;  // whole blocks of positions end at pw
+  auto src_row = [&](int64_t col) { return col < BC ? R + col : col - BC; };  // x_dbl's row of column col
+  for (int64_t bk = begin; bk < end; ++bk) {
+    const int32_t* step = inv + bk % K * L;
+    const T* src = x_dbl + bk / K * sb + bk % K * sk;
+    T* ob = out + bk * L * C;
+    for (int64_t p0 = 0; p0 < pw; p0 += W) {
+      T* dst[W];
+      for (int q = 0; q < W; ++q) dst[q] = ob + static_cast<int64_t>(step[p0 + q]) * C;
+      int64_t col = 0;
+      while (col < C) {
+        const int64_t run_end = col < BC ? BC : C;
+        if (col + W <= run_end) {
+          const T* rows = src + src_row(col) * sc + p0;
+          Vec<T, W> r[W];
+#pragma GCC unroll 16
+          for (int i = 0; i < W; ++i) r[i] = vload<T, W>(rows + i * sc);
+          transpose_square<T, W>(r);
+#pragma GCC unroll 16
+          for (int q = 0; q < W; ++q) vstore<T, W>(dst[q] + col, r[q]);
+          col += W;
+        } else {
+          for (; col < run_end; ++col)
+            for (int q = 0; q < W; ++q) dst[q][col] = src[src_row(col) * sc + p0 + q];
+        }
+      }
+    }
+    for (int64_t p = pw; p < L; ++p)
+      for (int64_t col = 0; col < C; ++col) ob[static_cast<int64_t>(step[p]) * C + col] = src[src_row(col) * sc + p];
+  }
+}
+
 // The parameter gradients of the (k, channel vector) items [begin, end): the N + R + 2 partial
 // vectors of each (dA, d_dt_w, d_dt_b, d_Ds; W lanes = W channels) summed over the batch in order,
 // dA times A (the gradient of A_logs, A = -exp(A_logs)), then W of them at a time transposed in
@@ -518,9 +559,10 @@ void param_grads(const T* pgrad, const T* pack, const CpuGeometry& cg, ParamGrad
 extern const ScanLoops<float> loops_f32;
 extern const ScanLoops<double> loops_f64;
 constinit const ScanLoops<float> loops_f32 = {&fwd_tasks<float>, &bwd_scratch_bytes<float>, &bwd_tasks<float>,
-                                              &reduce_dx<float>, &to_lanes<float>, &param_grads<float>};
+                                              &reduce_dx<float>, &to_lanes<float>, &gather_dbl<float>,
+                                              &param_grads<float>};
 constinit const ScanLoops<double> loops_f64 = {&fwd_tasks<double>, &bwd_scratch_bytes<double>,
                                                &bwd_tasks<double>, &reduce_dx<double>, &to_lanes<double>,
-                                               &param_grads<double>};
+                                               &gather_dbl<double>, &param_grads<double>};
 
 }  // namespace mambaad::cpu::MAMBAAD_ISA

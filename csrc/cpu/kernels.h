@@ -96,6 +96,11 @@ struct ScanLoops {
   // and channel strides sb, sd): out (B, L, Dst), for the (batch, 64-position tile) items
   // [begin, end).
   void (*to_lanes)(const T* x, int64_t sb, int64_t sd, const CpuGeometry& cg, T* out, int64_t begin, int64_t end);
+  // x_dbl (B, K, C, L) in T with unit stride along L (batch, direction and row strides sb, sk, sc)
+  // gathered in scan order with its rows reordered (prep.h: gather_dbl): out (B, K, L, C), for
+  // the (b, k) items [begin, end); inv: the inverse paths.
+  void (*gather_dbl)(const T* x_dbl, int64_t sb, int64_t sk, int64_t sc, const int32_t* inv, const CpuGeometry& cg,
+                     T* out, int64_t begin, int64_t end);
   // The parameter gradients from the backward's per-batch partials (BwdCtx::pgrad, B of them) and
   // the packed parameters, for the (k, channel vector) items [begin, end).
   void (*param_grads)(const T* pgrad, const T* pack, const CpuGeometry& cg, ParamGradOut<T> out, int64_t begin,

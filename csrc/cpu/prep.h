@@ -82,15 +82,23 @@ at::Tensor to_lanes(const at::Tensor& x, const CpuGeometry& cg, const ScanLoops<
 // x_dbl (B, K, C, L) -> (B, K, L, C) in T, gathered in scan order with the rows reordered to
 // [B (N) | C (N) | dt (R)]: out[b, k, t] holds x_dbl[b, k, :, paths[k, t]], B_t at offset 0, C_t at
 // offset N and dt_t at offset 2N (constant offsets from a step's row when N is known at compile time).
-// inv: the inverse paths (paths_inverse). By tiles of grid positions: each of the C rows read
-// contiguously into a small (tile, C) buffer, whose rows then go whole to their steps inv[k, p].
+// inv: the inverse paths (paths_inverse). x_dbl in T with unit stride along L (the contract's
+// layout): the variant's register transposes (run.gather_dbl). Otherwise by tiles of grid
+// positions: each of the C rows read contiguously into a small (tile, C) buffer, whose rows then go
+// whole to their steps inv[k, p].
 template <typename T>
-at::Tensor gather_dbl(const at::Tensor& x_dbl, const at::Tensor& inv, const CpuGeometry& cg) {
+at::Tensor gather_dbl(const at::Tensor& x_dbl, const at::Tensor& inv, const CpuGeometry& cg, const ScanLoops<T>& run) {
   const int64_t B = cg.g.B, K = cg.g.K, L = cg.g.L, C = cg.C, R = cg.g.R;
   at::Tensor out = at::empty({B, K, L, C}, x_dbl.options().dtype(c10::CppTypeToScalarType<T>::value));
   T* o = out.data_ptr<T>();
   const int32_t* ip = inv.data_ptr<int32_t>();  // (K, L) contiguous
   const int64_t sb = x_dbl.stride(0), sk = x_dbl.stride(1), sc = x_dbl.stride(2), sl = x_dbl.stride(3);
+  if (x_dbl.scalar_type() == c10::CppTypeToScalarType<T>::value && sl == 1) {  // the contract's layout
+    const T* xp = x_dbl.data_ptr<T>();
+    at::parallel_for(0, B * K, 1,
+                     [&](int64_t begin, int64_t end) { run.gather_dbl(xp, sb, sk, sc, ip, cg, o, begin, end); });
+    return out;
+  }
   constexpr int64_t PT = 16;  // grid positions per tile
   AT_DISPATCH_FLOATING_TYPES(x_dbl.scalar_type(), "gather_dbl", [&] {  // float32 / float64
     const scalar_t* xp = x_dbl.data_ptr<scalar_t>();

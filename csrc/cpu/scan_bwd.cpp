@@ -34,7 +34,7 @@ void run_bwd(const IsaVariant& isa, const at::Tensor& dout, const at::Tensor& x,
   const auto opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
   const ScanLoops<T>& run = loops<T>(isa);
   const at::Tensor xT = to_lanes<T>(x, cg, run), gT = to_lanes<T>(dout, cg, run);
-  const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg);
+  const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg, run);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
   const int64_t KD = g.grouped ? 1 : g.K;

@@ -18,7 +18,7 @@ void run_fwd(const IsaVariant& isa, const at::Tensor& x, const at::Tensor& x_dbl
              const at::Tensor& inv, const CpuGeometry& cg, at::Tensor& out_ct, at::Tensor& states) {
   const ScanLoops<T>& run = loops<T>(isa);
   const at::Tensor xT = to_lanes<T>(x, cg, run);
-  const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg);
+  const at::Tensor xdT = gather_dbl<T>(x_dbl, inv, cg, run);
   const at::Tensor pack = pack_params<T>(dt_w, dt_b, A_logs, Ds, cg);
   const at::Tensor pc = paths.contiguous();
   const FwdCtx<T> c{cg, xT.data_ptr<T>(), xdT.data_ptr<T>(), pack.data_ptr<T>(), pc.data_ptr<int32_t>(),
