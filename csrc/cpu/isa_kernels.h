@@ -428,13 +428,13 @@ void reduce_dx(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t b
   }
 }
 
-// out[b, p, d] = x[b, d, p] for the (batch, tile of 64 positions) items [begin, end): W channels x
-// W positions at a time, W row loads transposed in registers into W row stores; the edges (D or
-// the tile not a multiple of W) one value at a time.
+// out[b, p, d] = x[b, d, p] for the (batch, tile of kLaneTile positions) items [begin, end): W
+// channels x W positions at a time, W row loads transposed in registers into W row stores; the
+// edges (D or the tile not a multiple of W) one value at a time.
 template <typename T>
 void to_lanes(const T* x, int64_t sb, int64_t sd, const CpuGeometry& cg, T* out, int64_t begin, int64_t end) {
   constexpr int W = kW;
-  constexpr int64_t PT = 64;
+  constexpr int64_t PT = kLaneTile;
   const int64_t D = cg.g.D, L = cg.g.L, Dst = cg.Dst, npt = (L + PT - 1) / PT;
   for (int64_t idx = begin; idx < end; ++idx) {
     const int64_t b = idx / npt, p0 = idx % npt * PT, p1 = std::min(L, p0 + PT);

@@ -69,6 +69,9 @@ struct BwdCtx {
   T* dxdbl;              // (G, Bw, K, C, L): dx_dbl partials per channel group (the output from b0 if G = 1)
 };
 
+// Grid positions per item of ScanLoops::to_lanes.
+inline constexpr int64_t kLaneTile = 64;
+
 // Where param_grads writes: the gradients of dt_w (K * Dk, R), dt_b, A_logs (K * Dk, N) and Ds,
 // contiguous.
 template <typename T>
@@ -93,8 +96,8 @@ struct ScanLoops {
   // items [begin, end); tile: 64 * 64 values of scratch.
   void (*reduce_dx)(const T* dub, int64_t KD, const CpuGeometry& cg, T* dx, int64_t begin, int64_t end, T* tile);
   // The lane layout (prep.h: to_lanes) of x (B, D, L) already in T with unit stride along L (batch
-  // and channel strides sb, sd): out (B, L, Dst), for the (batch, 64-position tile) items
-  // [begin, end).
+  // and channel strides sb, sd): out (B, L, Dst), for the (batch, tile of kLaneTile positions)
+  // items [begin, end).
   void (*to_lanes)(const T* x, int64_t sb, int64_t sd, const CpuGeometry& cg, T* out, int64_t begin, int64_t end);
   // x_dbl (B, K, C, L) in T with unit stride along L (batch, direction and row strides sb, sk, sc)
   // gathered in scan order with its rows reordered (prep.h: gather_dbl): out (B, K, L, C), for

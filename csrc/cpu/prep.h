@@ -46,7 +46,7 @@ at::Tensor to_lanes(const at::Tensor& x, const CpuGeometry& cg, const ScanLoops<
   at::Tensor out = at::empty({B, L, cg.Dst}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
   T* o = out.data_ptr<T>();
   const int64_t sb = x.stride(0), sd = x.stride(1), sl = x.stride(2);
-  constexpr int64_t PT = 64, DT = 16;  // tile: positions x channels (PT: as run.to_lanes)
+  constexpr int64_t PT = kLaneTile, DT = 16;  // tile: positions x channels
   const int64_t npt = (L + PT - 1) / PT;
   if (x.scalar_type() == c10::CppTypeToScalarType<T>::value && sd == 1) {  // channels last: copy rows
     const T* xp = x.data_ptr<T>();
