@@ -9,7 +9,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "common.h"
 #include "cpu/kernels.h"
@@ -82,46 +81,20 @@ at::Tensor to_lanes(const at::Tensor& x, const CpuGeometry& cg, const ScanLoops<
 // x_dbl (B, K, C, L) -> (B, K, L, C) in T, gathered in scan order with the rows reordered to
 // [B (N) | C (N) | dt (R)]: out[b, k, t] holds x_dbl[b, k, :, paths[k, t]], B_t at offset 0, C_t at
 // offset N and dt_t at offset 2N (constant offsets from a step's row when N is known at compile time).
-// inv: the inverse paths (paths_inverse). x_dbl in T with unit stride along L (the contract's
-// layout): the variant's register transposes (run.gather_dbl). Otherwise by tiles of grid
-// positions: each of the C rows read contiguously into a small (tile, C) buffer, whose rows then go
-// whole to their steps inv[k, p].
+// inv: the inverse paths (paths_inverse). By the variant's register transposes (run.gather_dbl),
+// which read along L: an x_dbl with another stride there (the contract asks for a contiguous one)
+// is made contiguous first. x_dbl is in T (check_scan_args).
 template <typename T>
 at::Tensor gather_dbl(const at::Tensor& x_dbl, const at::Tensor& inv, const CpuGeometry& cg, const ScanLoops<T>& run) {
-  const int64_t B = cg.g.B, K = cg.g.K, L = cg.g.L, C = cg.C, R = cg.g.R;
-  at::Tensor out = at::empty({B, K, L, C}, x_dbl.options().dtype(c10::CppTypeToScalarType<T>::value));
+  TORCH_INTERNAL_ASSERT(x_dbl.scalar_type() == c10::CppTypeToScalarType<T>::value);
+  const at::Tensor xd = x_dbl.stride(3) == 1 ? x_dbl : x_dbl.contiguous();
+  at::Tensor out = at::empty({cg.g.B, cg.g.K, cg.g.L, cg.C}, xd.options());
+  const T* xp = xd.data_ptr<T>();
   T* o = out.data_ptr<T>();
   const int32_t* ip = inv.data_ptr<int32_t>();  // (K, L) contiguous
-  const int64_t sb = x_dbl.stride(0), sk = x_dbl.stride(1), sc = x_dbl.stride(2), sl = x_dbl.stride(3);
-  if (x_dbl.scalar_type() == c10::CppTypeToScalarType<T>::value && sl == 1) {  // the contract's layout
-    const T* xp = x_dbl.data_ptr<T>();
-    at::parallel_for(0, B * K, 1,
-                     [&](int64_t begin, int64_t end) { run.gather_dbl(xp, sb, sk, sc, ip, cg, o, begin, end); });
-    return out;
-  }
-  constexpr int64_t PT = 16;  // grid positions per tile
-  AT_DISPATCH_FLOATING_TYPES(x_dbl.scalar_type(), "gather_dbl", [&] {  // float32 / float64
-    const scalar_t* xp = x_dbl.data_ptr<scalar_t>();
-    at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> tile(static_cast<size_t>(PT * C));
-      for (int64_t bk = begin; bk < end; ++bk) {
-        const int64_t b = bk / K, k = bk % K;
-        const int32_t* step = ip + k * L;
-        const scalar_t* src = xp + b * sb + k * sk;
-        T* ob = o + bk * L * C;
-        for (int64_t p0 = 0; p0 < L; p0 += PT) {
-          const int64_t np = std::min(PT, L - p0);
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* row = src + c * sc + p0 * sl;
-            const int64_t col = c < R ? C - R + c : c - R;  // dt rows go last
-            for (int64_t q = 0; q < np; ++q) tile[q * C + col] = static_cast<T>(row[q * sl]);
-          }
-          for (int64_t q = 0; q < np; ++q)
-            std::copy_n(tile.data() + q * C, C, ob + static_cast<int64_t>(step[p0 + q]) * C);
-        }
-      }
-    });
-  });
+  const int64_t sb = xd.stride(0), sk = xd.stride(1), sc = xd.stride(2);
+  at::parallel_for(0, cg.g.B * cg.g.K, 1,
+                   [&](int64_t begin, int64_t end) { run.gather_dbl(xp, sb, sk, sc, ip, cg, o, begin, end); });
   return out;
 }
 
