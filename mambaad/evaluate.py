@@ -30,7 +30,7 @@ from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .data import AnomalyDataset, build_test_sets
 from .metrics import ALL_KEYS, AnomalyMetrics, binary_curve, f1_max
 from .runconfig import ConfigError, EvalConfig
-from .train import select_device
+from .runtime import select_device
 from .visualize import evaluation_figure
 
 MAP_SAMPLE_STRIDE = 97  # every 97th pixel of every map feeds the colour-range percentiles

@@ -44,7 +44,7 @@ from .data import DatasetError, ImageDecodeError, UnreadableImageWarning, load_i
 from .data.transforms import is_image_file, open_image
 from .evaluate import stored_threshold
 from .runconfig import ConfigError, PredictConfig
-from .train import select_device
+from .runtime import select_device
 from .visualize import heatmap_image
 
 COLUMNS = ("image", "score", "threshold", "anomalous", "heatmap", "error")

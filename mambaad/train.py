@@ -50,6 +50,7 @@ from .checkpoint import (RESUME_FIXED, RESUME_NOTED, load_checkpoint, model_over
 from .data import DatasetError, build_train_set, resolve_categories
 from .rng import ModelRNG, loader_generator
 from .runconfig import ConfigError, TrainConfig, to_dict
+from .runtime import distributed_env, select_device
 from .train_eval import BEST_PT, TrainEvaluator, default_eval_every
 
 BASE_LR = 0.005
@@ -71,25 +72,6 @@ class _Skip(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
-
-
-def distributed_env() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` without)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def select_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """``name`` as a device; None: CUDA (this process's GPU under torchrun) when there is one."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

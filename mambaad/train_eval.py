@@ -21,6 +21,7 @@ import torch
 
 from .curves import draw_curves
 from .data import AnomalyDataset, build_test_sets
+from .evaluate import score_test_sets
 from .metrics import ALL_KEYS
 from .runconfig import EvalConfig, TrainConfig, selection_keys
 
@@ -70,8 +71,6 @@ class TrainEvaluator:
     def evaluate(self, model: torch.nn.Module, epoch: float, step: int, loss: float) -> dict[str, Any]:
         """Evaluate ``model`` (put back in train mode after); returns the history entry, whose
         ``"best"`` is True when it beat the best so far (the caller then writes ``best.pt``)."""
-        from .evaluate import score_test_sets  # evaluate imports train, which imports this module
-
         was_training = model.training
         model.eval()
         try:
