@@ -223,8 +223,9 @@ fi
 
 # ---- 5b. where the time goes: GPU time vs wall time per call, and the host's share ------------------
 if [[ "${GPU_CHECK_WHERE:-1}" == "1" ]]; then
-    step kernel_time 120 "$OUT/kernel_time.log" "$PY" benchmarks/kernel_time.py --json "$OUT/kernel_time.json"
-    step host_overhead 60 "$OUT/host_overhead.log" "$PY" benchmarks/host_overhead.py --device cuda \
+    step kernel_time 120 "$OUT/kernel_time.log" "$PY" benchmarks/dev/kernel_time.py \
+        --json "$OUT/kernel_time.json"
+    step host_overhead 60 "$OUT/host_overhead.log" "$PY" benchmarks/dev/host_overhead.py --device cuda \
         --rounds 9 --calls 100 --json "$OUT/host_overhead.json"
 fi
 

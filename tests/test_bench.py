@@ -17,7 +17,7 @@ from mambaad_kernels import reference
 from .parity import make_params, make_x, rel_err
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+sys.path[:0] = [str(BENCH), str(BENCH / "dev")]  # the benchmarks, and the development probes
 
 import authors_path  # noqa: E402
 import floors  # noqa: E402

@@ -60,7 +60,7 @@
 //      L > 128:  <16, 16, 16> G 32,  CH 256 while it gives at least 0.9 blocks per SM and
 //                its (32, L) accumulator fits the 64 KB of shared memory (L <= 512), else
 //                <16, 32, 8>  G 16,  CH 256    fallback (big N, fp64): <4, 8, 8>  G 16, CH 64
-//    (benchmarks/kernel_census.py, sm_90 SASS: 9.1, 9.3, 9.6 and 12.6 instructions per (t, n)
+//    (benchmarks/dev/kernel_census.py, sm_90 SASS: 9.1, 9.3, 9.6 and 12.6 instructions per (t, n)
 //    step; the fewer lanes per channel, the fewer shuffle levels per step.)
 //    At B = 16 and MambaAD's stages that is 128, 256, 256, 128 blocks of 512 threads (one per SM,
 //    16 warps, 65536 .. 131072 lanes in flight).
@@ -100,7 +100,7 @@
 //    staged dt rows (dt_w in shared memory, odd row stride), then per state n one 16-byte
 //    broadcast load each of B_n and C_n for the 4 steps and 4 x (EX2, state update, C
 //    contraction). No segment scan, no shuffles: 9.9 instructions per (t, n) step against 9.1 ..
-//    12.6 for the segment kernels (benchmarks/kernel_census.py, sm_90 SASS; the dt projection
+//    12.6 for the segment kernels (benchmarks/dev/kernel_census.py, sm_90 SASS; the dt projection
 //    adds a little more per unit of R), with 16 independent state chains per thread instead of
 //    the segment scan's dependency chain through shuffles and shared memory, but few warps
 //    (B K D lanes: 16384 at stage 3 and B 16, 4 warps per SM). The cost: the K directions run in

@@ -158,7 +158,7 @@ void run_fwd(const FwdArgs<T, A>& a, const at::Tensor& x, const LaunchOptions& o
         done = try_fwd<T, A, 16, 8, 16>(a, x, limit);
       } else {
         // 16 lanes x 16 steps per channel issue 9.6 instructions per (t, n) step against 12.6 for
-        // 32 x 8 (benchmarks/kernel_census.py, sm_90 SASS: one shuffle level less, over twice the
+        // 32 x 8 (benchmarks/dev/kernel_census.py, sm_90 SASS: one shuffle level less, over twice the
         // steps), but hold twice the channels per block: take them while that still gives most
         // SMs a block (one 512-thread block fits an SM either way) and the block's accumulator
         // still fits shared memory (64 KB: L <= 512)

@@ -1,7 +1,7 @@
 // The lane-sequential forward kernel (experimental, opt-in: MAMBAAD_CUDA_FWD=lanes; design in
 // scan.cu, section 7). One thread per (b, k, channel) walks the whole sequence with its 16 states
 // in registers: no scan across lanes and no shuffles, 16 independent state chains per thread
-// (benchmarks/kernel_census.py counts 9.9 instructions per (t, n) step in sm_90 SASS, against 9.1
+// (benchmarks/dev/kernel_census.py counts 9.9 instructions per (t, n) step in sm_90 SASS, against 9.1
 // to 12.6 for the segment kernels). The K directions
 // run in different blocks, so HSS writes one (B, D, L) slice per direction, summed in k order
 // afterwards (deterministic; K times the output in extra memory).

@@ -1,10 +1,11 @@
-/* Peak multiply-add rate of one core at 256 and 512 bits: ten independent FMA chains per width (more
+/* Does this CPU run 512-bit multiply-adds at full width or double-pumped on 256-bit units?
+   Peak multiply-add rate of one core at 256 and 512 bits: ten independent FMA chains per width (more
    than latency x pipes on current x86), so the loop runs at the FMA pipes' throughput. Tells whether a
    CPU runs AVX-512 at full width (Intel Xeons with two 512-bit FMA units: zmm rate = ymm rate) or
    double-pumped on 256-bit units (AMD Zen 4: zmm rate = ymm rate / 2), which bounds what the avx512
    CPU kernels can gain over avx2 (BENCHMARKS.md, issue 23).
 
-   gcc -O2 -mavx512f -mfma -o /tmp/fma_rate benchmarks/fma_rate.c && /tmp/fma_rate */
+   gcc -O2 -mavx512f -mfma -o /tmp/fma_rate benchmarks/dev/fma_rate.c && /tmp/fma_rate */
 #include <immintrin.h>
 #include <stdio.h>
 #include <time.h>

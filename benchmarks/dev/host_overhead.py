@@ -1,4 +1,4 @@
-"""Host (Python + dispatch) time of one fused-scan call, by entry point, side by side in one run.
+"""How much host time (Python, dispatch, autograd) does one fused-scan call cost, by entry point?
 
 At a tiny shape the kernels do almost no work, so a call's wall time is what the host spends on
 it: argument checks, backend choice, the x_proj GEMM launch, the op dispatch, autograd. On a GPU
@@ -18,7 +18,7 @@ Entry points, timed in interleaved rounds (median of the per-round means):
 Each is timed forward only and forward + backward (``.sum().backward()`` on the output, inputs
 requiring grad). On CUDA every call is followed by a synchronize (the kernels are tiny).
 
-usage: python benchmarks/host_overhead.py [--device cpu|cuda] [--backend B] [--rounds N] [--json F]
+usage: python benchmarks/dev/host_overhead.py [--device cpu|cuda] [--backend B] [--rounds N] [--json F]
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 
 import floors  # noqa: E402
 import scan_bench  # noqa: E402

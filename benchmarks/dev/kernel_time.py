@@ -1,4 +1,4 @@
-"""Device time of the fused scan per call, kernel by kernel, beside its wall time (GPU only).
+"""How much of a fused scan call's GPU wall time is kernel time, kernel by kernel, and how much host gaps?
 
 scan_bench.py times a call with CUDA events, so its figure is the GPU's wall time from the call's
 start to its end: when the host takes longer to issue a call than the GPU takes to run it, the
@@ -15,7 +15,7 @@ gaps count. This script separates the two, per MambaAD decoder stage, backend an
 ``cuda-lanes`` is the cuda backend with ``MAMBAAD_CUDA_FWD=lanes`` (the experimental lane-sequential
 forward kernel; the backward is the same), so the two forward kernels are compared in one run.
 
-usage: python benchmarks/kernel_time.py [--backends cuda cuda-lanes triton] [--batch 16] [--reps 10]
+usage: python benchmarks/dev/kernel_time.py [--backends cuda cuda-lanes triton] [--batch 16] [--reps 10]
        [--json F]
 """
 
@@ -35,8 +35,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))  # the repository
+sys.path.insert(0, str(HERE.parent))  # benchmarks/
 
 import floors  # noqa: E402
 import scan_bench  # noqa: E402

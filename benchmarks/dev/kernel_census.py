@@ -1,4 +1,4 @@
-"""Static instruction census of the CUDA scan kernels' inner loops (no GPU needed, needs nvcc).
+"""How many instructions per (t, n) step does each CUDA scan kernel issue? A static census (nvcc, no GPU).
 
 Compiles ``csrc/cuda/kernel_{fwd,bwd}_f32.cu`` for one architecture and reads the machine code
 (SASS, disassembled with ``cuobjdump -sass``: the CUDA toolkit's, or the copy triton ships), or the
@@ -16,7 +16,7 @@ bound by the EX2s. A static count, not a measurement of what runs: instructions 
 branches (the checkpoint stores) count fully, loops nested in a state loop (other than the dt
 loop) once.
 
-usage: python benchmarks/kernel_census.py [--arch 90] [--ptx] [--json F]
+usage: python benchmarks/dev/kernel_census.py [--arch 90] [--ptx] [--json F]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = re.compile(r"hss_(fwd|bwd)_kernelI\w+?Li(\d+)ELi(\d+)ELi(\d+)E")
 LANES = re.compile(r"hss_fwd_lanes_kernelI(\w+?)Li(\d+)ELi(\d+)E")
 STEPS_PER_PASS = 4  # the lane-sequential kernel's state loop: 4 steps x 16 states per pass

@@ -1,4 +1,4 @@
-"""Side-by-side timing of the fused CPU kernel (issue 5's measurement) at the MambaAD stage shapes.
+"""How fast are the CPU kernels alone, per instruction set, against the exp floor at the MambaAD stages?
 
 Contenders, interleaved round by round in one process: a torch.exp loop over as many elements as the
 shape has exponentials (the exp floor, measured), the extension's scan_fwd / scan_bwd alone
@@ -7,10 +7,11 @@ PyTorch scan (benchmarks/chunked_scan.py) and one call of the sequential referen
 ISAS=avx512,avx2 times the kernels of each named instruction-set variant (issue 23) side by side
 ("kern_fwd@avx2", ...; the op rows use the first); default: the variant chosen for this CPU.
 
-usage: THREADS=2 ROUNDS=7 REF=1 CHUNK=1 [SHAPES=0,3] [B=1] [ISAS=avx2,baseline] python benchmarks/cpu_kernel_bench.py
+usage: THREADS=2 ROUNDS=7 REF=1 CHUNK=1 [SHAPES=0,3] [B=1] [ISAS=avx2,baseline] \
+    python benchmarks/dev/cpu_kernel_bench.py
 """
 import math, os, statistics, sys, time
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import torch
 import mambaad_kernels as mk

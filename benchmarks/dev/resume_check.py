@@ -1,11 +1,11 @@
-"""Issue 22's scenario: does a SIGKILLed and resumed ``mambaad train`` continue exactly?
+"""Does a SIGKILLed and resumed ``mambaad train`` continue exactly (issue 22's scenario)?
 
 Two ``mambaad train`` runs side by side (mambaad_test, 64 px, batch 4, 300 iterations, a checkpoint
 every 7 steps, ``--workers 0``, CPU): one left alone, one SIGKILLed as soon as its ``last.pt`` holds
 step 91 or later and then resumed with ``--resume``. Prints the step it was killed at, the largest
 per-step loss difference, the first differing step and whether the final weights are identical.
 
-    python benchmarks/resume_check.py --repo . --root DATA --output /tmp/resume_check
+    python benchmarks/dev/resume_check.py --repo . --root DATA --output /tmp/resume_check
 
 ``--repo`` may point at another checkout (an older version, to see the difference it had); a
 generated dataset: ``python -c "from tests.datagen import make_tiny_mvtec; make_tiny_mvtec('DATA')"``.
