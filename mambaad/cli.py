@@ -20,7 +20,7 @@ from .data import DATASET_KINDS
 from .runconfig import (ConfigError, EvalConfig, ExportConfig, PredictConfig, TrainConfig, build_config,
                         field_names, load_file)
 
-BACKEND_CHOICES = ("reference", "triton", "cpu", "cuda")
+BACKEND_CHOICES = ("reference", "triton", "cpu", "cuda", "portable")
 S = argparse.SUPPRESS
 
 

@@ -7,6 +7,9 @@ Backends (named strings):
   under ``TRITON_INTERPRET=1`` (the interpreter, for tests).
 - ``"cpu"``: the compiled extension's fused CPU kernel (``mambaad_kernels._C``).
 - ``"cuda"``: the compiled extension's fused CUDA kernels.
+- ``"portable"``: :mod:`mambaad_kernels.portable`, a chunked scan in standard tensor operators, any
+  device, autograd by torch: what an exported ONNX / OpenVINO model computes (never chosen by
+  ``backend=None``: the fused backends are faster wherever they run).
 
 ``backend=None`` takes ``MAMBAAD_BACKEND`` from the environment when set, else the first available
 of ``cuda, triton, reference`` for CUDA tensors and ``cpu, reference`` for CPU tensors. A backend
@@ -30,11 +33,11 @@ from types import ModuleType
 
 import torch
 
-BACKENDS = ("reference", "triton", "cpu", "cuda")
+BACKENDS = ("reference", "triton", "cpu", "cuda", "portable")
 ENV_VAR = "MAMBAAD_BACKEND"
 _PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 _KERNEL_MODULES = {"triton": "mambaad_kernels.triton", "cpu": "mambaad_kernels.cuda",
-                   "cuda": "mambaad_kernels.cuda"}
+                   "cuda": "mambaad_kernels.cuda", "portable": "mambaad_kernels.portable"}
 
 
 class BackendUnavailable(RuntimeError):
@@ -121,7 +124,7 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     device_type = torch.device(device).type
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "reference":
+    if backend in ("reference", "portable"):
         return None
     if backend == "triton":
         return _triton_reason(device_type)
@@ -192,5 +195,6 @@ def _warn_fallback(chosen: str, device: torch.device, reasons: dict[str, str]) -
 
 @functools.lru_cache(maxsize=None)
 def kernel_module(backend: str) -> ModuleType:
-    """The module that implements a fused backend's ``scan_fwd`` / ``scan_bwd`` / ``states_shape``."""
+    """The module of a non-reference backend: a fused one's ``scan_fwd`` / ``scan_bwd`` /
+    ``states_shape``, the portable one's ``hss_scan``; each has ``SUPPORTED_DTYPES``."""
     return importlib.import_module(_KERNEL_MODULES[backend])

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import reference
+from . import portable, reference
 from .backends import kernel_module, resolve_backend
 from .paths import check_directions, check_method, scan_paths
 
@@ -85,8 +85,8 @@ def hss_scan(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs
             float32 or x's dtype, on x's device. Dk = D, or D / K when grouped.
         method: ``"sweep", "scan", "zorder", "zigzag", "hilbert"``.
         directions: K in 1, 2, 4, 8.
-        backend: ``"reference", "triton", "cpu", "cuda"`` or None (``MAMBAAD_BACKEND``, else the
-            best available for x's device). A named backend that cannot run raises.
+        backend: ``"reference", "triton", "cpu", "cuda", "portable"`` or None (``MAMBAAD_BACKEND``,
+            else the best available for x's device). A named backend that cannot run raises.
         grouped: GSS instead of HSS.
         deterministic: ask fused backends for bit-stable results run to run (the default).
 
@@ -99,6 +99,9 @@ def hss_scan(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs
     if name == "reference":
         return reference.hss_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
                                   method, directions, grouped)
+    if name == "portable":
+        return portable.hss_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                                 method, directions, grouped)
     supported = getattr(kernel_module(name), "SUPPORTED_DTYPES", X_DTYPES)
     if x.dtype not in supported:
         raise TypeError(f"hss_scan: backend {name!r} does not support {x.dtype} inputs "

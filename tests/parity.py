@@ -13,7 +13,7 @@ import mambaad_kernels as mk
 from mambaad_kernels import reference
 
 # backends under test, and the device each one runs its tensors on here
-BACKENDS = ["reference", "triton", "cpu", "cuda"]
+BACKENDS = ["reference", "triton", "cpu", "cuda", "portable"]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 

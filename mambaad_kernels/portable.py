@@ -1,0 +1,198 @@
+"""The ``portable`` backend: the HSS / GSS scan in standard tensor operators, for export.
+
+This is what an ONNX file or an OpenVINO model of a module on our scan computes (see
+:func:`mambaad_kernels.export_onnx`): gathers, GEMMs, element-wise arithmetic, ``exp``, sums and
+reshapes, nothing of this package, and a graph whose size does not grow with the sequence length L.
+It also runs eagerly (``backend="portable"``, any device, autograd through the operators), which
+is how the tests check it against the float64 reference.
+
+Formulation: a chunked scan computed twice over, with no ``(B, K, D, L, N)`` tensor in memory.
+Shape letters as in :mod:`mambaad_kernels.reference`; the sequence of L steps is cut into ``c``
+chunks of ``T`` steps (padded at the end with ``delta = 0``: decay 1, input 0, outputs unchanged).
+Per (b, k, d, n), with the log-decay ``a_t = delta_t A <= 0``, the decay ``e_t = exp(max(a_t, F))``
+and the input ``v_t = delta_t u_t B_t``:
+
+1. **Chunk ends** (T steps, each over every chunk at once): ``h_t = e_t h_{t-1} + v_t`` from a zero
+   state at each chunk's start; keep the last state of every chunk, ``(b, k, c, d, n)``.
+2. **Carries** (one step per chunk, on ``(b, k, d, n)``): the state entering chunk j is
+   ``H_j = E_{j-1} H_{j-1} + h_end(j-1)``, ``H_0 = 0``, with the chunk's decay
+   ``E_j = exp(max(A sum_t delta_t, F))``.
+3. **Outputs** (T steps again): ``h_t = e_t h_{t-1} + v_t`` from ``H_j``, ``y_t = sum_n C_t h_t``.
+
+The D skip is added on the grid after the merge (``x sum_k D_k``: every direction reads the same x),
+not per direction. A graph of this holds about ``2 T`` step bodies of 6 to 8 operators per scan,
+plus ``c`` small carry steps: :func:`default_chunk` picks T near ``2 sqrt(L)``.
+
+Operation count per (b, k, d, l, n), against the fused ``cpu`` kernel's: 2 exponentials (the decay
+is recomputed in pass 3 rather than stored; storing it would keep ``B K D L N`` floats, 2 GB at
+MambaAD's last stage at batch 8) against the kernel's one (a polynomial 2^y); 12 other element-wise
+operations (pass 1: the log-decay, the clamp, the input, the state's multiply and add; pass 3: the
+same and the C product and its sum over n) against the kernel's 3 multiply-adds. Bytes: each
+operator reads and writes its ``(b, k, c, d, n)`` slice, ``B K D L N / T`` elements, in whatever
+memory holds it, so every element-wise operator moves 8 to 12 bytes per (b, k, d, l, n); the fused
+kernel keeps the state in registers and moves ``O(B K D L)`` bytes in all. What a runtime can reach
+with this graph is bounded by those 14 operators' passes (see BENCHMARKS.md, "Export").
+
+Numerics: every exponent is <= 0 (``delta >= 0``, ``A < 0``), so nothing overflows, unlike the
+one-pass ``exp(S_t) cumsum(exp(-S_s) v_s)`` form. Exponents are floored at ``F = -30``: a decay below
+``exp(-30) = 9.4e-14`` is taken as 9.4e-14, a change of at most 9.4e-14 of the state's scale, far
+below float32 rounding; it keeps every decay and every product ``e_t h`` of a state above 1e-25 in
+the normal float range, so no runtime hits the slow path of subnormal arithmetic (x86 CPUs take
+microcode assists on subnormal results unless flush-to-zero is set, and runtimes differ in that).
+The state and all arithmetic are float32 (float64 for float64 inputs), the output in x's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
+
+from .paths import inverse_paths, scan_paths
+
+LOG_DECAY_FLOOR = -30.0  # exponents are clamped here (see the module docstring)
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def default_chunk(length: int) -> int:
+    """The chunk length T: the power of two nearest ``2 sqrt(L)`` (16, 32, 64, 128 at L = 64, 256,
+    1024, 4096): the graph holds about ``2 T + L / T`` steps, fewest near ``sqrt(L / 2)``; longer
+    chunks mean fewer, larger operators, which runtimes run at a better rate."""
+    return 1 << max(0, round(math.log2(2.0 * math.sqrt(max(1, length)))))
+
+
+@functools.lru_cache(maxsize=256)
+def step_indices(h: int, w: int, method: str, directions: int, grouped: bool, chunk: int,
+                 device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Index vectors for the step-major layout ``(K, T, c)`` of the chunked scan, and back.
+
+    With ``L = h w`` cut into c chunks of T steps, sequence position ``l = j T + t`` of direction k
+    sits at row ``(k T + t) c + j`` of a ``(K T c, ...)`` tensor.
+
+    Returns:
+        ``(gather, back, valid)``: ``gather (K T c,)`` reads that row from a ``(L, ...)`` tensor
+        (HSS) or a ``(L K, ...)`` one whose row ``p K + k`` is channel group k at cell p (GSS);
+        padded positions (``l >= L``) read row 0. ``back (K L,)``: row ``k L + p`` reads the
+        ``(K T c, ...)`` row of cell p in direction k. ``valid``: float ``(1, T, c, 1, 1)``, 1 where
+        ``l < L``, or None when T divides L. Cached, and built outside any tracing mode, so a
+        tracer takes them as constants.
+    """
+    with torch.inference_mode(False), _disable_current_modes():
+        paths = scan_paths(h, w, method, directions, device)  # (k, l)
+        k, length = paths.shape
+        nc = -(-length // chunk)
+        pos = torch.arange(nc * chunk, device=device).reshape(nc, chunk).T  # (t, c): l = j T + t
+        inside = pos < length
+        read = paths[:, pos.clamp_max(length - 1)]  # (k, t, c)
+        if grouped:
+            read = read * k + torch.arange(k, device=device)[:, None, None]
+        gather = torch.where(inside, read, 0).flatten()  # (k t c,)
+        rows = torch.arange(k, device=device)[:, None] * (chunk * nc)  # (k, 1)
+        l_of = inverse_paths(paths)  # (k, p): the sequence position of cell p
+        back = (rows + (l_of % chunk) * nc + l_of // chunk).flatten()  # (k p,)
+        valid = None if nc * chunk == length else inside.to(torch.float32)[None, :, :, None, None]
+        return gather, back, valid
+
+
+def softplus(x: Tensor) -> Tensor:
+    """``log(1 + exp(x))`` as ``relu(x) + log(1 + exp(-|x|))``: no overflow, absolute error about
+    one float ulp of 1 (a runtime's own Softplus may be a slow scalar loop)."""
+    return torch.relu(x) + torch.log(1 + torch.exp(-torch.abs(x)))
+
+
+def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
+    """The selective scan of K directions by the three passes of the module docstring (no D skip),
+    in the step-major layout ``(K, T, c, B, .)``: step t of every chunk is one slice.
+
+    Args:
+        u, delta: ``(K, T, c, B, Dk)``: inputs and step sizes (biased, softplus-ed; 0 on padding).
+        A: ``(K, Dk, N)``, negative. Bm, Cm: ``(K, T, c, B, N)``.
+
+    Returns:
+        ``(K, T, c, B, Dk)``: ``y_t = C_t . h_t``.
+    """
+    a = A[:, None, None]  # (k, 1, 1, dk, n)
+
+    def decay(log_scale: Tensor) -> Tensor:  # (k, c, b, dk, 1) -> (k, c, b, dk, n)
+        return torch.exp(torch.clamp_min(log_scale[..., None] * a, LOG_DECAY_FLOOR))
+
+    d_steps, du_steps = delta.unbind(1), (delta * u).unbind(1)  # T x (k, c, b, dk)
+    # the sum of delta after step t inside its chunk: pass 1's log-decay to the chunk's end
+    total = delta.sum(1)  # (k, c, b, dk)
+    after_steps = []
+    for d_t in d_steps:
+        after_steps.append((after_steps[-1] if after_steps else total) - d_t)  # (k, c, b, dk)
+    b_steps = [b_t[..., None, :] for b_t in Bm.unbind(1)]  # T x (k, c, b, 1, n)
+    c_steps = [c_t[..., None] for c_t in Cm.unbind(1)]  # T x (k, c, b, n, 1)
+    # 1. the last local state of every chunk from zero: sum_t exp(A sum_{s > t} delta_s) v_t, the
+    #    steps' terms independent of each other
+    h = None
+    for after_t, du_t, b_t in zip(after_steps, du_steps, b_steps):
+        term = decay(after_t) * du_t[..., None] * b_t  # (k, c, b, dk, n)
+        h = term if h is None else h + term
+    # 2. the state entering each chunk
+    chunk_decay = decay(total)  # (k, c, b, dk, n)
+    carry = torch.zeros_like(h[:, 0])  # (k, b, dk, n)
+    entering = []
+    for decay_j, h_j in zip(chunk_decay.unbind(1), h.unbind(1)):
+        entering.append(carry)
+        carry = decay_j * carry + h_j  # (k, b, dk, n)
+    h = torch.stack(entering, 1)  # (k, c, b, dk, n)
+    # 3. the outputs, from the entering states
+    ys = []
+    for d_t, du_t, b_t, c_t in zip(d_steps, du_steps, b_steps, c_steps):
+        h = decay(d_t) * h + du_t[..., None] * b_t  # (k, c, b, dk, n)
+        ys.append(torch.matmul(h, c_t)[..., 0])  # (k, c, b, dk)
+    return torch.stack(ys, 1)  # (k, t, c, b, dk)
+
+
+def hss_scan(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor,
+             A_logs: Tensor, Ds: Tensor, method: str = "hilbert", directions: int = 8,
+             grouped: bool = False, chunk: int | None = None) -> Tensor:
+    """The HSS / GSS scan of :func:`mambaad_kernels.hss_scan` in standard operators.
+
+    Args:
+        x: ``(B, D, H, W)``; x_proj_weight ``(K, R + 2N, Dk)``; dt_projs_weight ``(K, Dk, R)``;
+            dt_projs_bias ``(K, Dk)``; A_logs ``(K * Dk, N)``; Ds ``(K * Dk,)``; Dk = D, or D / K
+            when ``grouped``.
+        method, directions, grouped: as for :func:`mambaad_kernels.hss_scan`.
+        chunk: T (default :func:`default_chunk` of L).
+
+    Returns:
+        ``(B, D, H, W)`` in x's dtype, differentiable by autograd.
+    """
+    b, d, h, w = x.shape
+    k, length = directions, h * w
+    dk, r = dt_projs_weight.shape[1:]
+    n = A_logs.shape[1]
+    t_len = min(chunk or default_chunk(length), length)
+    nc = -(-length // t_len)
+    gather, back, valid = step_indices(h, w, method, k, grouped, t_len, x.device)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = x.to(ct)
+    rows = xc.reshape(b, d, length).permute(2, 0, 1)  # (l, b, d)
+    if grouped:
+        rows = rows.reshape(length, b, k, dk).transpose(1, 2).reshape(length * k, b, dk)  # (l k, b, dk)
+    xs = rows.index_select(0, gather).reshape(k, t_len * nc * b, dk)  # (k, t c b, dk)
+    x_dbl = torch.matmul(xs, x_proj_weight.to(ct).transpose(1, 2))  # (k, t c b, r + 2n)
+    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)  # (k, t c b, r), (k, t c b, n) x2
+    dts = torch.matmul(dts, dt_projs_weight.to(ct).transpose(1, 2))  # (k, t c b, dk)
+    delta = softplus(dts + dt_projs_bias.to(ct)[:, None])  # (k, t c b, dk)
+    steps = (k, t_len, nc, b, -1)
+    delta = delta.reshape(steps)  # (k, t, c, b, dk)
+    if valid is not None:
+        delta = delta * valid.to(ct)  # no step on the padding: decay 1, input 0
+    A = -torch.exp(A_logs.to(ct)).reshape(k, dk, n)  # (k, dk, n)
+    y = chunked_scan(xs.reshape(steps), delta, A, bs.reshape(steps), cs.reshape(steps))
+    grid = y.reshape(k * t_len * nc, b, dk).index_select(0, back).reshape(k, length, b, dk)
+    if grouped:
+        out = grid.permute(2, 0, 3, 1).reshape(b, d, h, w)  # group k in channels k dk ..
+        skip = Ds.to(ct)  # (d,)
+    else:
+        out = grid.sum(0).permute(1, 2, 0).reshape(b, d, h, w)  # (b, d, h, w)
+        skip = Ds.to(ct).reshape(k, dk).sum(0)  # (d,): every direction reads the same x
+    return (out + xc * skip[None, :, None, None]).to(x.dtype)
