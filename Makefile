@@ -11,11 +11,11 @@ TORCH := torch==2.14.1
 OLD_TORCH := torch==2.4.0 torchvision==0.19.0
 OLD_VENV := .venv-oldtorch
 OLD_PY := $(OLD_VENV)/bin/python
-# What the OLD_TORCH pass runs (README "Portability" says why): the op, the extension, the dispatcher,
-# the parity grid, the modules and models; not Triton (torch 2.4 brings triton 3.0, whose interpreter
-# rejects our kernels), nor the slow CLI / benchmark / CUDA-emulator files, nor the tests that import
-# the checkout in a subprocess (the checkout's extension is built for .venv's torch), nor a model test
-# whose seeded drop-path draw differs on torch 2.4 (README).
+# What the OLD_TORCH pass runs (docs/portability.md, "Torch versions", says why): the op, the extension, the
+# dispatcher, the parity grid, the modules and models; not Triton (torch 2.4 brings triton 3.0, whose
+# interpreter rejects our kernels), nor the slow CLI / benchmark / CUDA-emulator files, nor the tests that
+# import the checkout in a subprocess (the checkout's extension is built for .venv's torch), nor a model
+# test whose seeded drop-path draw differs on torch 2.4 (docs/portability.md).
 OLD_TESTS ?= tests/test_ops.py tests/test_fused_op.py tests/test_extension.py tests/test_parity.py \
   tests/test_reference.py tests/test_paths.py tests/test_modules.py tests/test_portability.py \
   tests/test_model.py tests/test_mmad.py tests/test_data.py tests/test_metrics.py tests/test_cpu_isa.py \
@@ -52,8 +52,8 @@ wheel: $(VENV)/.deps
 
 # A venv with OLD_TORCH (its own build directory, so that .venv's build and in-place extension stay),
 # the C++ extension only (this nvcc is newer than OLD_TORCH's CUDA), built as a wheel with the pip
-# command README gives and installed, then the tests run against the installed package: pytest's
-# --import-mode=append puts the checkout after site-packages.
+# command docs/portability.md gives and installed, then the tests run against the installed package:
+# pytest's --import-mode=append puts the checkout after site-packages.
 $(OLD_VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(OLD_VENV)
 	printf '%s\n' $(OLD_TORCH) > $(OLD_VENV)/constraints.txt
