@@ -26,6 +26,7 @@ cannot continue exactly).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
 from typing import Any
@@ -66,19 +67,32 @@ def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """Read a checkpoint of ``mambaad train`` (on the CPU).
+    """Read a checkpoint of ``mambaad train`` (on the CPU), or released MambaAD weights, from a file or
+    from the Hugging Face Hub.
+
+    ``path`` may name a Hub file, ``hf://<owner>/<repo>[@<revision>]/<path/in/repo>``, fetched through
+    the Hub cache (``HF_HUB_OFFLINE=1``: the cache only; see :mod:`mambaad.hub`). A file that is not one
+    of our checkpoints but holds a MambaAD state dict (the authors' released weights in either naming,
+    see :func:`mambaad.checkpoint_naming`, or ours; bare or under ``net`` / ``state_dict`` / ``model``)
+    is read as weights of the paper's model ``mambaad`` (resnet34, trained at 256 x 256), which they must
+    fit strictly, and returned as a checkpoint of it without dataset, categories or thresholds, its
+    ``converted_from`` entry naming ``path``.
 
     Raises:
-        FileNotFoundError: no such file. CheckpointError: not one of our checkpoints.
+        FileNotFoundError: no such file (:class:`mambaad.hub.HubError` for a Hub file that cannot be
+            fetched). CheckpointError: not one of our checkpoints, nor MambaAD weights that fit.
     """
-    if not os.path.isfile(path):
+    from .hub import resolve
+
+    local = resolve(path)
+    if not os.path.isfile(local):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors of many kinds
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a mambaad train checkpoint (no format={FORMAT!r} entry)")
+        return _from_state_dict(ckpt, path)
     for key in ("model_name", "model_config", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}")
@@ -88,6 +102,31 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     elif version != VERSION:
         raise CheckpointError(f"checkpoint {path} has version {version!r}; this package reads 1 and {VERSION}")
     return ckpt
+
+
+PAPER_MODEL = "mambaad"  # the model of the authors' released weights
+PAPER_IMAGE_SIZE = 256
+
+
+def _from_state_dict(obj: Any, path: str) -> dict[str, Any]:
+    """Released weights (a bare or wrapped MambaAD state dict) as a checkpoint of the paper's model."""
+    from . import create_model, load_pretrained
+    from .model import _unwrap, checkpoint_naming
+
+    try:
+        naming = checkpoint_naming(_unwrap(obj))
+    except ValueError as err:
+        raise CheckpointError(f"{path} is not a mambaad train checkpoint (no format={FORMAT!r} entry), nor "
+                              f"MambaAD weights: {err}") from err
+    model = create_model(PAPER_MODEL, pretrained=False)
+    try:
+        load_pretrained(model, obj, strict=True)
+    except ValueError as err:
+        raise CheckpointError(f"{path} holds MambaAD weights ({naming} naming) that do not fit the paper's "
+                              f"model {PAPER_MODEL!r}: {err}") from err
+    return {"format": FORMAT, "version": VERSION, "model_name": PAPER_MODEL,
+            "model_config": dataclasses.asdict(model.config), "state_dict": model.state_dict(),
+            "image_size": PAPER_IMAGE_SIZE, "converted_from": str(path)}
 
 
 def _rescale_v1(ckpt: dict[str, Any]) -> None:

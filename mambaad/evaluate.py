@@ -5,7 +5,9 @@ and its maximum as the image score); :class:`mambaad.metrics.AnomalyMetrics` acc
 table (per category, then ``mean``, the plain mean over the categories) is printed in percent and
 written as fractions to ``metrics.json`` and ``metrics.csv``. With ``store_threshold`` the image and
 pixel F1-max thresholds (per category, and for images also over all categories pooled, ``"all"``)
-and the map colour range go into the checkpoint, for ``mambaad predict``.
+and the map colour range go into the checkpoint, for ``mambaad predict``; for a checkpoint on the
+Hugging Face Hub (``hf://...``) or released weights read as a checkpoint (see
+:func:`mambaad.checkpoint.load_checkpoint`), into a new checkpoint ``OUTPUT/checkpoint.pt`` instead.
 
 ``save_maps = N`` writes, per category, the N worst and the N best test images under
 ``maps/<category>/``: ranked by the signed margin of their score from the category's F1-max
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .data import AnomalyDataset, build_test_sets
+from .hub import is_hub_uri
 from .metrics import ALL_KEYS, AnomalyMetrics, binary_curve, f1_max
 from .runconfig import ConfigError, EvalConfig
 from .runtime import select_device
@@ -149,6 +152,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     """
     cfg.check_required()
     ckpt = load_checkpoint(cfg.checkpoint)
+    # a Hub file (in the Hub's cache) and released weights (converted on load) are not rewritten: the
+    # thresholds go, with the model, into OUTPUT/checkpoint.pt
+    converted = ckpt.pop("converted_from", None) is not None
+    store_path = os.path.join(cfg.output, "checkpoint.pt") if converted or is_hub_uri(cfg.checkpoint) \
+        else cfg.checkpoint
     dataset = cfg.dataset or ckpt.get("dataset")
     root = cfg.root or ckpt.get("train_config", {}).get("root")
     if not dataset or not root:
@@ -193,8 +201,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         ckpt["thresholds"] = {"image": image_t, "pixel": pixel_t}
         ckpt["map_range"] = ranges
         ckpt["metrics"] = {c: {k: _json_value(v) for k, v in r.items()} for c, r in results.items()}
-        save_checkpoint(cfg.checkpoint, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
-        msg += f"; stored the F1-max thresholds in {cfg.checkpoint}"
+        save_checkpoint(store_path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+        msg += f"; stored the F1-max thresholds in {store_path}"
     print(msg, file=sys.stderr)
     return results
 

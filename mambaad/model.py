@@ -284,8 +284,8 @@ def _unwrap(obj: Any) -> Mapping[str, Tensor]:
     return obj
 
 
-def load_pretrained(model: MambaAD, checkpoint: str | os.PathLike | Mapping[str, Any],
-                    strict: bool = True) -> nn.modules.module._IncompatibleKeys:
+def load_pretrained(model: MambaAD, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True,
+                    *, revision: str | None = None) -> nn.modules.module._IncompatibleKeys:
     """Load MambaAD weights (the authors' checkpoints in either naming, or ours) into ``model``.
 
     With ``strict=True`` every parameter and persistent buffer of ``model`` must come from the
@@ -295,10 +295,15 @@ def load_pretrained(model: MambaAD, checkpoint: str | os.PathLike | Mapping[str,
 
     Args:
         model: the model to fill.
-        checkpoint: a path to a ``torch.save`` file (loaded on the CPU with ``weights_only=True``) or
-            an already loaded checkpoint / state dict.
+        checkpoint: a path to a ``torch.save`` file (loaded on the CPU with ``weights_only=True``), a
+            file on the Hugging Face Hub (``hf://<owner>/<repo>[@<revision>]/<path>``, fetched through
+            the Hub cache, see :mod:`mambaad.hub`; e.g. the authors'
+            ``hf://Lewandofski/MambaAD/mvtec/mambaad_mvtec.pth``), or an already loaded checkpoint /
+            state dict.
         strict: raise on missing or unexpected keys; ``False`` loads what matches and warns with the
             lists.
+        revision: the Hub revision (branch, tag or commit) of an ``hf://`` checkpoint; overrides the
+            URI's ``@revision``.
 
     Returns:
         torch's ``(missing_keys, unexpected_keys)`` (both empty after a strict load).
@@ -306,9 +311,12 @@ def load_pretrained(model: MambaAD, checkpoint: str | os.PathLike | Mapping[str,
     Raises:
         ValueError: missing or unexpected keys (strict), tensors whose shapes differ from the model's
             (always), or a state dict in no known naming.
+        mambaad.hub.HubError: an ``hf://`` file that cannot be fetched (or, offline, is not cached).
     """
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        from .hub import resolve
+
+        checkpoint = torch.load(resolve(checkpoint, revision=revision), map_location="cpu", weights_only=True)
     state_dict = checkpoint_filter_fn(_unwrap(checkpoint), model)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
