@@ -141,7 +141,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     add = _Adder(p, PredictConfig)
     add("images", nargs="*", metavar="IMAGES", help="image files or folders")
     add("--checkpoint", metavar="FILE", help="a (preferably evaluated) checkpoint (this or --model)")
-    add("--model", metavar="FILE.pt2", help="a model written by mambaad export (this or --checkpoint)")
+    add("--model", metavar="FILE", help="a model written by mambaad export: .pt2, .onnx (onnxruntime) or .xml "
+        "(OpenVINO) (this or --checkpoint)")
     add("--output", metavar="DIR", help="folder for the heat maps and predictions (required)")
     add("--threshold", type=float, help="image-score threshold (default: the one mambaad eval stored)")
     add("--category", help="use this category's stored threshold (default: all categories')")
@@ -153,14 +154,17 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a checkpoint as a torch.export program (.pt2)",
-                       description="Export a checkpoint's eval-mode model with torch.export, on the CPU, "
-                       "batch size dynamic, at the trained image size; checks it against the checkpoint "
-                       "before writing. Run it with mambaad predict --model, or in Python with torch and "
-                       "mambaad_kernels only.")
+    p = sub.add_parser("export", help="write a checkpoint as a .pt2 program, an ONNX file or an OpenVINO model",
+                       description="Export a checkpoint's eval-mode model, on the CPU, batch size dynamic, at "
+                       "the trained image size; checks it against the checkpoint before writing. pt2: a "
+                       "torch.export program (runs with torch and mambaad_kernels); onnx / openvino: the "
+                       "scans in standard ONNX operators (runs with onnxruntime / OpenVINO alone). Run "
+                       "any of them with mambaad predict --model.")
     add = _Adder(p, ExportConfig)
     add("--checkpoint", metavar="FILE", help="a checkpoint of mambaad train (required)")
-    add("--output", metavar="FILE.pt2", help="the file to write (required)")
+    add("--output", metavar="FILE", help="the file to write: .pt2, .onnx, or .xml (OpenVINO) (required)")
+    add("--format", choices=("pt2", "onnx", "openvino"),
+        help="file format (default: from the --output suffix, else pt2)")
     add("--config", metavar="FILE", help="YAML or JSON file of settings (flags given win)")
 
 

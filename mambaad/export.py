@@ -1,5 +1,6 @@
 """``mambaad export``: a checkpoint as a ``torch.export`` program (``.pt2``) that runs without this
-package's model code.
+package's model code, or (``--format onnx / openvino``, :mod:`mambaad.deploy`) as an ONNX file or an
+OpenVINO model that runs without torch.
 
 The file (``torch.export.save``) holds the eval-mode model, from the normalised image to the anomaly
 map (encoder, bottleneck, decoder, cosine maps, upsampling, Gaussian blur), with its weights, as one
@@ -22,48 +23,23 @@ the ``cpu`` backend of its compiled extension ``mambaad_kernels._C``. Nothing el
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch import Tensor
+
+from mambaad_kernels.onnx_export import relative_error
 
 from .checkpoint import build_model, load_checkpoint
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .deploy import write_onnx, write_openvino
+from .export_base import (BACKEND, CHECK_BATCHES, EXAMPLE_BATCH, FORMAT, MAX_REL_ERR,  # noqa: F401
+                          MAX_REL_ERR_PORTABLE, META_NAME, AnomalyProgram, ExportError, check_images,
+                          export_metadata)
 from .runconfig import ExportConfig
 
-FORMAT = "mambaad-export"
-VERSION = 1
-META_NAME = "mambaad.json"
-BACKEND = "cpu"  # the exported graph calls the scan op with this backend name
-EXAMPLE_BATCH = 2  # the batch size traced (the batch dimension stays symbolic)
-CHECK_BATCHES = (1, 3)  # batch sizes the export is checked on, against the eager model
-MAX_REL_ERR = 1e-5  # max |exported - eager| / max |eager| of the anomaly map, fp32
 SCAN_OP = "mambaad.hss_scan"
-
-
-class ExportError(ValueError):
-    """A model that cannot be exported as asked, or a file that is not a usable export."""
-
-
-class AnomalyProgram(nn.Module):
-    """The eval-mode model with a plain-tuple output (no package types in the exported program).
-
-    Args:
-        model: a MambaAD model (any registered one), in eval mode.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, 3, S, S)`` -> ``(anomaly_map (B, 1, S, S), pred_score (B,))``."""
-        out = self.model(images)
-        return out.anomaly_map, out.pred_score
 
 
 def scan_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
@@ -74,12 +50,6 @@ def scan_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
             nodes += [n for n in module.graph.nodes
                       if n.op == "call_function" and str(n.target).startswith(SCAN_OP + ".")]
     return nodes
-
-
-def relative_error(got: Tensor, want: Tensor) -> float:
-    """``max |got - want| / max |want|`` in float64."""
-    got, want = got.double(), want.double()
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
 
 
 def export_model(model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
@@ -112,12 +82,11 @@ def check_program(program: torch.export.ExportedProgram, model: nn.Module, image
                   batches: tuple[int, ...] = CHECK_BATCHES, seed: int = 0) -> float:
     """Run the program and the eager model on random images of each batch size; the largest relative
     error of the anomaly map (see :func:`relative_error`)."""
-    gen = torch.Generator().manual_seed(seed)
     module = program.module()
     worst = 0.0
     with torch.no_grad():
-        for b in batches:
-            images = torch.randn(b, 3, image_size, image_size, generator=gen)
+        for images in check_images(image_size, batches, seed):
+            b = images.shape[0]
             got = module(images)[0]
             want = model(images).anomaly_map
             if got.shape != want.shape:
@@ -127,48 +96,34 @@ def check_program(program: torch.export.ExportedProgram, model: nn.Module, image
     return worst
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities to None, in nested dicts and lists (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def export_metadata(ckpt: dict[str, Any], image_size: int, rel_err: float) -> dict[str, Any]:
-    """What ``mambaad.json`` holds (see the module docstring)."""
-    return _finite({
-        "format": FORMAT, "version": VERSION, "model_name": ckpt["model_name"], "image_size": image_size,
-        "input": {"shape": ["B", 3, image_size, image_size], "dtype": "float32", "device": "cpu",
-                  "channels": "RGB", "scale": "[0, 1]", "mean": list(IMAGENET_MEAN),
-                  "std": list(IMAGENET_STD)},
-        "outputs": [f"anomaly_map (B, 1, {image_size}, {image_size})", "pred_score (B,)"],
-        "thresholds": ckpt.get("thresholds", {}), "map_range": ckpt.get("map_range", {}),
-        "categories": ckpt.get("categories"), "dataset": ckpt.get("dataset"), "backend": BACKEND,
-        "torch": torch.__version__, "checked_batches": list(CHECK_BATCHES), "checked_rel_err": rel_err,
-    })
-
-
 def export(cfg: ExportConfig) -> dict[str, Any]:
-    """Export ``cfg.checkpoint`` to ``cfg.output`` and check it (see the module docstring).
+    """Export ``cfg.checkpoint`` to ``cfg.output`` in its format and check it (module docstring).
 
-    The program is run on :data:`CHECK_BATCHES` random batches beside the checkpoint's eager model
-    before it is written; a relative error of the anomaly map above :data:`MAX_REL_ERR` raises.
+    The file's model is run on :data:`CHECK_BATCHES` random batches beside the checkpoint's eager
+    model (fused ``cpu`` scans) before it is written: a relative error of the anomaly map above
+    :data:`MAX_REL_ERR` (``.pt2``) or :data:`MAX_REL_ERR_PORTABLE` (ONNX, OpenVINO: the score too,
+    and the verdicts at the stored thresholds must agree) raises.
 
     Returns:
-        The metadata written as ``mambaad.json``.
+        The metadata written (``mambaad.json`` of a ``.pt2``, the ``mambaad`` record of ONNX /
+        OpenVINO).
 
     Raises:
-        ExportError: no fused scan node, or the check failed. BackendUnavailable: the compiled
-            extension's ``cpu`` backend is not built here.
+        ExportError: no fused scan node, the check failed, or a runtime package is missing.
+            BackendUnavailable: the compiled extension's ``cpu`` backend is not built here.
     """
     cfg.check_required()
+    fmt = cfg.output_format()
     ckpt = load_checkpoint(cfg.checkpoint)
     size = int(ckpt["image_size"])
-    model = build_model(ckpt, BACKEND, "cpu")
+    model = build_model(ckpt, BACKEND, "cpu").eval()
+    if fmt != "pt2":
+        write = write_onnx if fmt == "onnx" else write_openvino
+        meta = write(model, size, cfg.output, export_metadata(ckpt, size, None))
+        print(f"wrote {cfg.output} ({fmt}): {ckpt['model_name']}, input (B, 3, {size}, {size}), the scans in "
+              f"standard ONNX operators; checked on batches {', '.join(map(str, CHECK_BATCHES))}: relative "
+              f"error {meta['checked_rel_err']:.2e}", file=sys.stderr)
+        return meta
     program = export_model(model, size)
     rel_err = check_program(program, model, size)
     if not rel_err <= MAX_REL_ERR:

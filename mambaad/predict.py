@@ -9,8 +9,9 @@ the checkpoint (and ``mambaad export`` copied into the exported model) of ``--ca
 else of all evaluated categories pooled. Without either, the scores are written and the verdict is
 left empty (null).
 
-The model is a checkpoint (``--checkpoint``) or a program of ``mambaad export`` (``--model
-model.pt2``: it runs on the CPU, at its trained size, without this package's model code).
+The model is a checkpoint (``--checkpoint``) or a file of ``mambaad export`` (``--model``, on the
+CPU, at its trained size: ``model.pt2`` runs without this package's model code, ``model.onnx`` with
+onnxruntime and ``model.xml`` with OpenVINO, without torch's scan kernels: :mod:`mambaad.deploy`).
 
 A file that cannot be read (missing, no permission, zero bytes, not an image, truncated) is skipped
 with a warning and listed with its ``error``; every other image is scored. :func:`predict` raises
@@ -111,9 +112,22 @@ def _checkpoint_scorer(cfg: PredictConfig) -> Scorer:
 
 
 def _exported_scorer(cfg: PredictConfig) -> Scorer:
-    from .export import load_exported
+    if cfg.model.lower().endswith((".onnx", ".xml")):
+        from .deploy import load_deployed
 
-    program, meta = load_exported(cfg.model)
+        run_file, meta = load_deployed(cfg.model)
+
+        def run(images: Tensor) -> tuple[Tensor, Tensor]:
+            amap, score = run_file(images.numpy())
+            return torch.from_numpy(amap), torch.from_numpy(score)
+    else:
+        from .export import load_exported
+
+        program, meta = load_exported(cfg.model)
+        module = program.module()
+
+        def run(images: Tensor) -> tuple[Tensor, Tensor]:
+            return tuple(module(images))
     size = int(meta["image_size"])
     if cfg.image_size not in (None, size):
         raise ConfigError(f"{cfg.model} runs {size} x {size} images only (exported at that size), "
@@ -123,8 +137,7 @@ def _exported_scorer(cfg: PredictConfig) -> Scorer:
     if cfg.backend not in (None, meta.get("backend")):
         raise ConfigError(f"{cfg.model} runs the {meta.get('backend')!r} scan backend it was exported "
                           f"with, not --backend {cfg.backend}")
-    module = program.module()
-    return Scorer(lambda images: tuple(module(images)), size, torch.device("cpu"), meta)
+    return Scorer(run, size, torch.device("cpu"), meta)
 
 
 def _row(path: str, **values: Any) -> dict[str, Any]:

@@ -206,7 +206,8 @@ class PredictConfig:
 
     Attributes:
         checkpoint: a checkpoint (evaluated, for the stored threshold).
-        model: an exported program of ``mambaad export`` (``.pt2``), instead of ``checkpoint``.
+        model: a file of ``mambaad export`` instead of ``checkpoint``: a ``.pt2`` program, an
+            ``.onnx`` file (run with onnxruntime) or an OpenVINO ``.xml`` (run with OpenVINO).
         images: image files or folders of images.
         output: folder for ``predictions.json``, ``predictions.csv`` and the heat maps.
         threshold: image-score threshold; None: the checkpoint's F1-max threshold (of ``category``
@@ -247,23 +248,55 @@ class PredictConfig:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
 
 
+EXPORT_FORMATS = {".pt2": "pt2", ".onnx": "onnx", ".xml": "openvino"}  # output suffix -> format
+
+
 @dataclass
 class ExportConfig:
-    """``mambaad export``: a checkpoint as a ``torch.export`` program (see :mod:`mambaad.export`).
+    """``mambaad export``: a checkpoint as a ``.pt2`` program, an ONNX file or an OpenVINO model (see
+    :mod:`mambaad.export` and :mod:`mambaad.deploy`).
 
     Attributes:
         checkpoint: a checkpoint of ``mambaad train`` (evaluated ones carry their thresholds along).
-        output: the ``.pt2`` file to write.
+        output: the file to write: ``.pt2``, ``.onnx``, or the ``.xml`` of an OpenVINO model (its
+            ``.bin`` goes beside it).
+        format: ``pt2``, ``onnx`` or ``openvino``; None: from the output's suffix (``.pt2``,
+            ``.onnx``, ``.xml``), else ``pt2``.
     """
 
     checkpoint: str = ""
     output: str = ""
+    format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in EXPORT_FORMATS.values():
+            raise ConfigError(f"unknown export format {self.format!r}; choose one of "
+                              f"{', '.join(EXPORT_FORMATS.values())}")
+
+    def output_format(self) -> str:
+        """The format to write: ``format``, else the output suffix's, else ``pt2``.
+
+        Raises:
+            ConfigError: a format whose usual suffix the output does not have while it has another
+                format's (``--format onnx --output m.pt2``), or OpenVINO without ``.xml``.
+        """
+        suffix = os.path.splitext(self.output)[1].lower()
+        by_suffix = EXPORT_FORMATS.get(suffix)
+        fmt = self.format or by_suffix or "pt2"
+        if by_suffix and by_suffix != fmt:
+            raise ConfigError(f"--format {fmt} does not match the output {self.output} (a {by_suffix} "
+                              "suffix): change one of them")
+        if fmt == "openvino" and suffix != ".xml":
+            raise ConfigError(f"an OpenVINO model is an .xml file with a .bin beside it: name the output "
+                              f"FILE.xml, not {self.output}")
+        return fmt
 
     def check_required(self) -> None:
-        """Raise unless ``checkpoint`` and ``output`` are set."""
+        """Raise unless ``checkpoint`` and ``output`` are set (and fit the format)."""
         missing = [n for n in ("checkpoint", "output") if not getattr(self, n)]
         if missing:
             raise ConfigError(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+        self.output_format()
 
 
 def field_names(cls: type) -> list[str]:
