@@ -238,7 +238,7 @@ struct Bwd {
       auto block = [&](auto nbc, auto add) {  // nbc: NB (kBlock, or 0 for a narrower last block)
         constexpr int64_t NB = decltype(nbc)::value;
         constexpr bool kAdd = decltype(add)::value;
-        recompute_block<T, NB, W, kAdd>(&h0[n0], pv, xd, C, N, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
+        recompute_block<T, NB, W, kAdd>(&h0[n0], pv, xd, C, n0, nb, nt, s.delta, s.u, s.gr, s.hbuf, s.decay,
                                         s.part + N + n0, C);
         reverse_block<NB, kAdd>(s, pv, xd, C, N, n0, nb, nt, dh_carry, pg, n0 == 0);
       };

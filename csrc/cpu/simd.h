@@ -24,6 +24,10 @@
 
 namespace mambaad::cpu::MAMBAAD_ISA {
 
+// This variant's copy of the per-lane maths (exp2_reduced, log1p_unit, step_decayed,
+// step_backward), compiled for its target: see lane_math.h.
+#include "lane_math.h"
+
 template <typename T, int W>
 struct VecTraits {
   typedef T V __attribute__((vector_size(W * sizeof(T))));

@@ -109,8 +109,8 @@ inline void forward_chunk(State<T, NT, W>& h, const ParamVec<T, W>& pv, const T*
 // into dc[i * dc_stride + n - n0] (dL/dy_t times the state, while the state is in a register), or
 // stores them there (kAdd false: the first of the vectors summed there).
 template <typename T, int NB, int W, bool kAdd>
-inline void recompute_block(Vec<T, W>* h, const ParamVec<T, W>& pv, const T* rows, int64_t C, int64_t N,
-                            int64_t n0, int64_t nb, int64_t nt, const Vec<T, W>* delta, const Vec<T, W>* u,
+inline void recompute_block(Vec<T, W>* h, const ParamVec<T, W>& pv, const T* rows, int64_t C, int64_t n0,
+                            int64_t nb, int64_t nt, const Vec<T, W>* delta, const Vec<T, W>* u,
                             const Vec<T, W>* gr, Vec<T, W>* hsave, Vec<T, W>* dsave, Vec<T, W>* dc,
                             int64_t dc_stride) {
   using V = Vec<T, W>;
