@@ -6,14 +6,20 @@ PATH or CUDA_HOME), for ``TORCH_CUDA_ARCH_LIST`` if set, else for the GPUs visib
 (torch's own default), else for :data:`DEFAULT_CUDA_ARCHS` (Ampere, Hopper, Blackwell, and PTX of
 the newest for later GPUs). The architectures built are compiled into the extension
 (``mambaad_kernels._C.cuda_archs()``), so that a GPU they do not cover is detected before a launch.
-``MAMBAAD_BUILD_EXT=0`` skips the extension and installs the pure-Python packages only.
+``MAMBAAD_BUILD_EXT=0`` skips the extension and installs the pure-Python packages only. The CPU
+kernels are threaded with OpenMP where the compiler has it (not Apple clang: one thread there;
+``MAMBAAD_OPENMP=0`` / ``1`` decides without asking the compiler).
 """
 
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import sysconfig
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -27,6 +33,13 @@ MIN_TORCH = "2.4"
 # 8.6 / 8.7 / 8.9), Hopper (9.0), Blackwell (10.0 data centre, 12.0 consumer) and PTX of the newest,
 # which the driver compiles for later GPUs.
 DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0;12.0+PTX"
+
+# The C++ flags of the extension's sources, whatever the compiler (GCC, clang, Apple clang); the
+# aarch64 harness (tests/aarch64) and `make clang-check` read them from here. -ffp-contract=fast:
+# fuse a * b + c into FMAs (ISO C++ mode leaves it off otherwise).
+CXX_FLAGS = ["-O3", "-std=c++20", "-ffp-contract=fast", "-Wno-psabi"]
+# OpenMP, for the CPU kernels' threads (at::parallel_for), where the compiler has it (_openmp_flags).
+OPENMP_FLAGS = ["-fopenmp"]
 
 
 def _sources(pattern):
@@ -86,6 +99,29 @@ def _archs_define(nvcc_flags: list[str]) -> str:
     return "-DMAMBAAD_CUDA_ARCHS=" + ",".join(sorted(codes, key=key))
 
 
+def _openmp_flags() -> list[str]:
+    """OPENMP_FLAGS if the C compiler torch builds the sources with (CC, else Python's) compiles and
+    links an OpenMP program with them, else [] (Apple clang has no OpenMP): the CPU kernels then
+    run on one thread. MAMBAAD_OPENMP=1 / 0 decides without the probe."""
+    forced = os.environ.get("MAMBAAD_OPENMP")
+    if forced in ("0", "1"):
+        return OPENMP_FLAGS if forced == "1" else []
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            ok = subprocess.run([*cc, *OPENMP_FLAGS, src, "-o", os.path.join(tmp, "omp")],
+                                capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    if not ok:
+        print(f"mambaad: {' '.join(cc)} has no OpenMP ({' '.join(OPENMP_FLAGS)}): the CPU kernels will run "
+              "on one thread (MAMBAAD_OPENMP=1 forces the flags)", file=sys.stderr)
+    return OPENMP_FLAGS if ok else []
+
+
 def extension_args():
     if os.environ.get("MAMBAAD_BUILD_EXT", "1") == "0":
         return {}
@@ -98,15 +134,15 @@ def extension_args():
 
     cu = _sources("csrc/**/*.cu")
     with_cuda = bool(cu) and CUDA_HOME is not None and os.environ.get("MAMBAAD_BUILD_CUDA", "1") != "0"
-    # -ffp-contract=fast: fuse a * b + c into FMAs (ISO C++ mode leaves it off otherwise)
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
+    openmp = _openmp_flags()
+    cxx = CXX_FLAGS + openmp
     # No -march=native: the CPU scan loops are compiled once per instruction set (csrc/cpu/isa_*.cpp)
     # and chosen at run time, so one build runs on any CPU of its architecture. MAMBAAD_NATIVE=1
     # compiles everything for the building machine only (a build that may not run elsewhere).
     if os.environ.get("MAMBAAD_NATIVE", "0") == "1":
         cxx.append("-march=native")
     kwargs = dict(name="mambaad_kernels._C", include_dirs=[os.path.join(HERE, "csrc")],
-                  extra_link_args=["-fopenmp"])
+                  extra_link_args=openmp)
     if with_cuda:
         _set_cuda_arch_list()
         nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
