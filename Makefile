@@ -24,7 +24,7 @@ OLD_TESTS ?= tests/test_ops.py tests/test_fused_op.py tests/test_extension.py te
   and not automatic_choice"
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: test bench demo setup ext wheel test-oldtorch clean
+.PHONY: test bench demo setup ext wheel test-oldtorch clean test-tools clang-check
 
 MT_ROOT ?= ../shared/data/magnetic_tile
 DEMO ?= runs/magnetic_tile
@@ -44,8 +44,27 @@ setup: $(VENV)/.installed
 ext: $(VENV)/.deps  # incremental rebuild of the extension while developing
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) setup.py -q build_ext --inplace
 
-test: setup
+test: setup test-tools clang-check
 	$(PY) -m pytest tests -q -ra
+
+# The tools of tests/test_aarch64.py and clang-check besides Python, from Debian (the list is also in
+# tests/aarch64/build.py): GCC's aarch64 cross compiler, qemu's user-mode emulator, clang and its
+# OpenMP headers. Nothing when they are installed; installed as root; otherwise the command is shown
+# (the aarch64 tests then skip, or fail under CI=true).
+APT_TOOLS := g++-aarch64-linux-gnu qemu-user clang libomp-dev
+
+test-tools:
+	@if dpkg -s $(APT_TOOLS) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "apt-get install -y $(APT_TOOLS)"; export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $(APT_TOOLS) >/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(APT_TOOLS) >/dev/null; }; \
+	else echo "not installed (needs root): apt-get install -y $(APT_TOOLS)"; fi
+
+# The extension's C++ sources compiled, not linked, by clang++ as well (the compiler of macOS), with
+# setup.py's flags and our warnings as errors (tests/aarch64/build.py, clang_check)
+clang-check: $(VENV)/.deps test-tools
+	$(PY) -m tests.aarch64.build clang-check
 
 wheel: $(VENV)/.deps
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
