@@ -1,7 +1,7 @@
 """Training speed of the anomalib loop against ``mambaad train``, same model, data and batch, side by side.
 
 ``python -m mambaad.anomalib.speed --root DIR --categories a,b [--model mambaad_test] [--image-size 128]
-[--batch-size 8] [--steps 12] [--rounds 3]`` trains, in one process, alternately ``rounds`` times:
+[--batch-size 8] [--steps 12] [--rounds 3] [--threads N]`` trains, in one process, alternately ``rounds`` times:
 ``mambaad train`` (:func:`mambaad.train.train`, its own loop) and ``Engine.fit`` of
 :class:`mambaad.anomalib.MambaAD` on :class:`~mambaad.anomalib.MultiCategory` of anomalib's
 ``MVTecAD`` datamodules, both from the same seed, for ``steps`` optimiser steps on the normal training
@@ -85,8 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's; 1 avoids OpenMP stalls on a busy machine)")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cats = [c for c in args.categories.split(",") if c]
     runs = {"mambaad train": [], "anomalib Engine.fit": []}
     ratios = []  # per round: anomalib's steps/s over mambaad train's (medians of the round)
