@@ -306,6 +306,7 @@ def test_export_onnx(trained, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     assert names == ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
+    assert [i.name for i in session.get_inputs()] == ["input"]  # as anomalib's own exports name it
     images = _test_images(trained["root"], "stripes")
     got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()})))
     with torch.no_grad():

@@ -93,8 +93,8 @@ class Pipeline(nn.Module):
             out = self.post(out)
         return {n: getattr(out, n, None) for n in OUTPUT_NAMES}
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        fields = self._fields(images)
+    def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: A002  the graph input's name
+        fields = self._fields(input)
         return tuple(fields[n] for n in self.names)
 
     def thresholds(self) -> dict[str, float]:
