@@ -1,4 +1,5 @@
-# make test   set up .venv (torch 2.14.1, requirements, this package with its extension), run the tests
+# make test   set up .venv (torch 2.14.1, requirements, this package with its extension, the optional
+#             extras of requirements-extras.txt), run the tests
 # make bench  the same set-up, then the scan benchmark at its built-in default
 # make demo   the same set-up, then the Magnetic Tile demo on the CPU (train mambaad_test, evaluate)
 # make wheel  a binary wheel in dist/, built against .venv's torch (install it where that torch is)
@@ -35,6 +36,13 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
+# The optional extras (requirements-extras.txt: anomalib, huggingface_hub, the ONNX exporter and the
+# onnxruntime / OpenVINO runtimes), torch held at $(TORCH)
+$(VENV)/.extras: requirements-extras.txt $(VENV)/.deps
+	printf '%s\n' $(TORCH) > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -r requirements-extras.txt -c $(VENV)/constraints.txt
+	touch $@
+
 $(VENV)/.installed: $(VENV)/.deps setup.py $(EXT_SOURCES)
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
@@ -44,7 +52,7 @@ setup: $(VENV)/.installed
 ext: $(VENV)/.deps  # incremental rebuild of the extension while developing
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) setup.py -q build_ext --inplace
 
-test: setup test-tools clang-check
+test: setup $(VENV)/.extras test-tools clang-check
 	$(PY) -m pytest tests -q -ra
 
 # The tools of tests/test_aarch64.py and clang-check besides Python, from Debian (the list is also in

@@ -161,6 +161,11 @@ setup(
     packages=find_packages(include=["mambaad_kernels", "mambaad_kernels.*", "mambaad", "mambaad.*"]),
     python_requires=">=3.10",
     install_requires=[f"torch>={MIN_TORCH}", "numpy", "timm"],
+    # optional: mambaad.anomalib (MambaAD as an anomalib model), hf:// checkpoints (mambaad.hub), the
+    # ONNX / OpenVINO export and runtimes (deploy); requirements-extras.txt pins what CI tests
+    extras_require={"anomalib": ["anomalib>=2.7,<3", "huggingface_hub>=0.24"],
+                    "hub": ["huggingface_hub>=0.24"],
+                    "deploy": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20", "openvino>=2025.0"]},
     entry_points={"console_scripts": ["mambaad = mambaad.cli:main"]},
     **extension_args(),
 )
