@@ -94,7 +94,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="continue from CKPT, or (flag alone) from OUTPUT/last.pt if it exists; the checkpoint must "
         "come from the same configuration (model, image size, categories, batch size, ...)")
     add("--init-from", metavar="CKPT",
-        help="start from the weights of CKPT (fine-tuning: new optimizer, step 0, any data)")
+        help="start from the weights of CKPT, a file or hf://OWNER/REPO/FILE (fine-tuning: new optimizer, "
+        "step 0, any data)")
     add("--log-every", type=int, metavar="STEPS", help="progress-bar refresh period")
     add("--eval-every", type=int, metavar="EPOCHS",
         help="evaluate on the test split every EPOCHS epochs and at the end: metrics_history.csv, "
@@ -113,7 +114,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                        "writes OUTPUT/metrics.json and OUTPUT/metrics.csv, stores the F1-max thresholds "
                        "in the checkpoint.")
     add = _Adder(p, EvalConfig)
-    add("--checkpoint", metavar="FILE", help="a last.pt of mambaad train (required)")
+    add("--checkpoint", metavar="FILE", help="a last.pt of mambaad train or released weights, a file or "
+        "hf://OWNER/REPO/FILE (required)")
     add("--root", metavar="DIR", help="dataset root (default: the training root)")
     add("--dataset", choices=DATASET_KINDS, help="dataset layout (default: the training one)")
     add("--categories", metavar="A,B", help="categories (default: the trained ones)")
@@ -140,7 +142,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                        "read.")
     add = _Adder(p, PredictConfig)
     add("images", nargs="*", metavar="IMAGES", help="image files or folders")
-    add("--checkpoint", metavar="FILE", help="a (preferably evaluated) checkpoint (this or --model)")
+    add("--checkpoint", metavar="FILE", help="a (preferably evaluated) checkpoint, a file or "
+        "hf://OWNER/REPO/FILE (this or --model)")
     add("--model", metavar="FILE", help="a model written by mambaad export: .pt2, .onnx (onnxruntime) or .xml "
         "(OpenVINO) (this or --checkpoint)")
     add("--output", metavar="DIR", help="folder for the heat maps and predictions (required)")
@@ -161,7 +164,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
                        "scans in standard ONNX operators (runs with onnxruntime / OpenVINO alone). Run "
                        "any of them with mambaad predict --model.")
     add = _Adder(p, ExportConfig)
-    add("--checkpoint", metavar="FILE", help="a checkpoint of mambaad train (required)")
+    add("--checkpoint", metavar="FILE", help="a checkpoint of mambaad train or released weights, a file or "
+        "hf://OWNER/REPO/FILE (required)")
     add("--output", metavar="FILE", help="the file to write: .pt2, .onnx, or .xml (OpenVINO) (required)")
     add("--format", choices=("pt2", "onnx", "openvino"),
         help="file format (default: from the --output suffix, else pt2)")
