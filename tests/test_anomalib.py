@@ -152,6 +152,27 @@ def test_anomalib_maps_equal_mambaad_eval(trained):
         np.testing.assert_allclose(normalised[k], expected.numpy(), rtol=0, atol=atol)
 
 
+def test_resize_difference(trained, tmp_path):
+    """At another size than the model's (the generated 72 x 72 files at 64), anomalib's torchvision
+    resize and mambaad's PIL resize give maps that differ visibly, though little (docs/anomalib.md)."""
+    root = make_tiny_mvtec(str(tmp_path / "tiny72"), n_train=1, n_good=2, n_defect=1)
+    model, eng = trained["model"], trained["engine"]
+    model.post_processor.enable_normalization = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = eng.predict(model, datamodule=MVTecAD(root=root, category="disc", num_workers=0,
+                                                        eval_batch_size=8))
+    finally:
+        model.post_processor.enable_normalization = True
+    theirs = by_path(raw, "anomaly_map")
+    ours, _ = mambaad_eval_maps(trained["ckpt"], root, "disc")
+    diffs = [rel_diff(theirs[k], ours[k]) for k in ours]
+    print(f"resize 72 -> 64: max relative map difference {max(diffs):.2e}, median {np.median(diffs):.2e} "
+          f"({len(diffs)} images)")
+    assert MAX_REL_DIFF < max(diffs) < 1e-2
+
+
 def test_anomalib_metrics_agree_with_ours(trained):
     """anomalib's image AUROC, pixel AUROC and AUPRO (its Engine.test on the raw maps, and its metric
     classes alone) against mambaad.metrics (exact) on the same maps; ``mambaad eval --exact`` on its
