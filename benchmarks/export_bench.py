@@ -1,10 +1,20 @@
-"""Export a model with ``mambaad.export`` and time it beside the eager model, on the CPU.
+"""How fast do the exported models run: MambaAD as eager PyTorch (fused ``cpu`` scans, or the
+reference scan), as the ``.pt2`` program, in onnxruntime and in OpenVINO, on the CPU.
 
-Reports the export (trace) time, the ``.pt2`` size, the load time, the check's relative error and,
-per batch size, the median forward time of the eager model (``cpu`` backend) and of the loaded
-program, run alternately. Random weights (no checkpoint needed).
+Two parts, each run side by side in one process (calls interleaved, medians), random weights:
 
-    python benchmarks/export_bench.py --model mambaad --image-size 256 --batches 1 4 --reps 5
+1. **scan**: the HSS scan alone at MambaAD's four decoder stages (D_inner 1024 @ 8x8 .. 128 @ 64x64,
+   N 16, K 8): the fused ``cpu`` op against the portable formulation (:mod:`mambaad_kernels.portable`)
+   in eager PyTorch, onnxruntime and OpenVINO, with the formulation's bounds on each runtime (its
+   ``2 B K D L N`` exponentials alone, and with its ``12 B K D L N`` other element-wise operations,
+   at the element rates of one Exp and one Mul the runtime reaches on one step's
+   ``(K, c, B, N, D)`` slice, measured in the same run).
+2. **model**: images/s of the whole model at ``--image-size`` for each encoder and batch size, and
+   the export costs (time, file size, check error).
+
+    python benchmarks/export_bench.py                         # the issue's setting (256 px, B 1 and 8)
+    python benchmarks/export_bench.py --model mambaad_test --image-size 64 --batches 1 --encoders resnet18 \
+        --scan-batches 1 --reps 1 --no-reference               # a quick look
 """
 
 from __future__ import annotations
@@ -12,70 +22,236 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
-import mambaad
-from mambaad.export import check_program, export_model, scan_nodes
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mambaad  # noqa: E402
+import mambaad_kernels as mk  # noqa: E402
+from mambaad.deploy import load_deployed, write_onnx, write_openvino  # noqa: E402
+from mambaad.export import check_program, export_metadata, export_model  # noqa: E402
+from mambaad_kernels import portable  # noqa: E402
+from mambaad_kernels.onnx_export import export_onnx, onnx_session, run_onnx  # noqa: E402
+
+STAGES = ((1024, 8, 32), (512, 16, 16), (256, 32, 8), (128, 64, 4))  # D_inner, grid side, dt rank
+N, K = 16, 8
+EXPS, OTHER_OPS = 2, 12  # per (b, k, d, l, n) in the portable formulation (its module docstring)
 
 
-def _times_ms(fn, x: torch.Tensor, reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
+def machine() -> dict:
+    """The CPU's name, core count and the load average now."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "load_average": os.getloadavg()[0],
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median milliseconds per call of each function, calls interleaved over ``reps`` rounds.
+
+    Each timed call follows an untimed one of the same function (unless a call takes over 2 s): a
+    runtime's worker threads spin for a while after its own call and would slow the next one's.
+    """
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    settle = {}
+    for name, fn in fns.items():
         t = time.perf_counter()
-        fn(x)
-        times.append(1e3 * (time.perf_counter() - t))
-    return times
+        fn()  # warm-up
+        settle[name] = time.perf_counter() - t < 2.0
+    for _ in range(reps):
+        for name, fn in fns.items():
+            if settle[name]:
+                fn()
+            t = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - t))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+class _Scan(torch.nn.Module):
+    """One HSS scan with fixed parameters, on a chosen backend (what export_onnx exports)."""
+
+    def __init__(self, d: int, r: int, backend: str):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.backend = backend
+        self.x_proj_weight = torch.nn.Parameter(torch.randn(K, r + 2 * N, d, generator=gen) * d ** -0.5)
+        self.dt_projs_weight = torch.nn.Parameter(torch.randn(K, d, r, generator=gen) * r ** -0.5)
+        self.dt_projs_bias = torch.nn.Parameter(torch.randn(K, d, generator=gen) - 4.0)
+        self.A_logs = torch.nn.Parameter(torch.log(torch.arange(1, N + 1.0)).repeat(K * d, 1))
+        self.Ds = torch.nn.Parameter(torch.ones(K * d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mk.hss_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                           self.Ds, backend=self.backend)
+
+
+def _op_rates(elements: int, threads: int, reps: int) -> dict[str, dict[str, float]]:
+    """Elements per second of one ONNX Exp and one Mul over ``elements`` floats (the size of one
+    step's slice), in onnxruntime and OpenVINO: the best of ``reps`` calls, call overhead included."""
+    import onnx
+    import onnx.helper as oh
+    import openvino as ov
+
+    f = onnx.TensorProto.FLOAT
+    x = -np.random.default_rng(0).random(elements, dtype=np.float32)
+    out: dict[str, dict[str, float]] = {"onnxruntime": {}, "openvino": {}}
+    core = ov.Core()
+    for op in ("Exp", "Mul"):
+        node = oh.make_node(op, ["x", "x"] if op == "Mul" else ["x"], ["y"])
+        graph = oh.make_graph([node], op, [oh.make_tensor_value_info("x", f, [elements])],
+                              [oh.make_tensor_value_info("y", f, [elements])])
+        model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "op.onnx")
+            onnx.save_model(model, path)
+            session = onnx_session(path, threads)
+            compiled = core.compile_model(core.read_model(path), "CPU", _ov_config(threads))
+            runs = {"onnxruntime": lambda: session.run(None, {"x": x}), "openvino": lambda: compiled(x)}
+            for rt, fn in runs.items():
+                fn()
+                best = min(_timed(fn) for _ in range(reps))
+                out[rt][op] = elements / best
+    return out
+
+
+def _ov_config(threads: int) -> dict:
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def scan_part(batches: list[int], threads: int, reps: int, tmp: str) -> list[dict]:
+    """Part 1 (module docstring): one row per stage and batch size (one export per stage)."""
+    import openvino as ov
+
+    rows = []
+    for d, side, r in STAGES:
+        if not batches:
+            break
+        length = side * side
+        fused, port = _Scan(d, r, "cpu").eval(), _Scan(d, r, "portable").eval()
+        port.load_state_dict(fused.state_dict())
+        path = os.path.join(tmp, f"scan_{d}.onnx")
+        t = time.perf_counter()
+        info = export_onnx(port, torch.randn(1, d, side, side), path)
+        export_s = time.perf_counter() - t
+        session = onnx_session(path, threads)
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(path), "CPU", _ov_config(threads))
+        chunk = portable.default_chunk(length)
+        for b in batches:
+            x = torch.randn(b, d, side, side)
+            xn = x.numpy()
+            with torch.no_grad():
+                ms = interleaved({"cpu": lambda: fused(x), "portable_eager": lambda: port(x),
+                                  "onnxruntime": lambda: run_onnx(session, [x]),
+                                  "openvino": lambda: compiled(xn)}, reps)
+            elements = b * K * d * length * N
+            rates = _op_rates(elements // chunk, threads, 20)
+            bound = {rt: 1e3 * elements * (EXPS / v["Exp"] + OTHER_OPS / v["Mul"]) for rt, v in rates.items()}
+            exp_only = {rt: 1e3 * elements * EXPS / v["Exp"] for rt, v in rates.items()}
+            row = {"batch": b, "d_inner": d, "grid": side, "chunk": chunk, "nodes": info["nodes"],
+                   "export_s": round(export_s, 1), "ms": {k: round(v, 2) for k, v in ms.items()},
+                   "bound_ms": {k: round(v, 2) for k, v in bound.items()},
+                   "exp_only_ms": {k: round(v, 2) for k, v in exp_only.items()},
+                   "rates_G_per_s": {rt: {op: round(v / 1e9, 2) for op, v in r.items()}
+                                     for rt, r in rates.items()},
+                   "max_rel_err_onnx": info["max_rel_err"]}
+            row["x_bound"] = {rt: round(ms[rt] / bound[rt], 2) for rt in bound}
+            row["x_fused"] = {k: round(v / ms["cpu"], 1) for k, v in ms.items()}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def model_part(args: argparse.Namespace, encoder: str, tmp: str) -> dict:
+    """Part 2 (module docstring) for one encoder."""
+    size = args.image_size
+    torch.manual_seed(0)
+    model = mambaad.create_model(args.model, pretrained=False, encoder=encoder, backend="cpu").eval()
+    ckpt = {"model_name": args.model}
+    out: dict = {"encoder": encoder, "model": args.model, "image_size": size, "exports": {}, "batches": {}}
+    runners: dict[str, Callable[[torch.Tensor], object]] = {"cpu": lambda x: model(x)}
+    if "pt2" in args.paths:
+        t = time.perf_counter()
+        program = export_model(model, size)
+        out["exports"]["pt2"] = {"export_s": round(time.perf_counter() - t, 1),
+                                 "rel_err": check_program(program, model, size)}
+        module = program.module()
+        runners["pt2"] = lambda x: module(x)
+    for name, write, suffix in (("onnxruntime", write_onnx, ".onnx"), ("openvino", write_openvino, ".xml")):
+        if name not in args.paths:
+            continue
+        path = os.path.join(tmp, f"{encoder}{suffix}")
+        t = time.perf_counter()
+        meta = write(model, size, path, export_metadata(ckpt, size, None))
+        mb = sum(os.path.getsize(p) for p in (path, path[:-4] + ".bin") if os.path.exists(p)) / 2**20
+        out["exports"][name] = {"export_s": round(time.perf_counter() - t, 1), "mb": round(mb, 1),
+                                "rel_err": meta["checked_rel_err"]}
+        run_file, _ = load_deployed(path, args.threads)
+        runners[name] = (lambda run: lambda x: run(x.numpy()))(run_file)
+    if "reference" in args.paths:
+        reference = mambaad.create_model(args.model, pretrained=False, encoder=encoder,
+                                         backend="reference").eval()
+        reference.load_state_dict(model.state_dict())
+    for b in args.batches:
+        x = torch.randn(b, 3, size, size)
+        fns = {k: (lambda f: lambda: f(x))(f) for k, f in runners.items()}
+        if "reference" in args.paths and b in args.reference_batches:
+            fns["reference"] = lambda: reference(x)
+        with torch.no_grad():
+            ms = interleaved(fns, args.reps)
+        row = {k: {"ms": round(v, 1), "images_per_s": round(1e3 * b / v, 2),
+                   "x_eager_cpu": round(v / ms["cpu"], 2)} for k, v in ms.items()}
+        print(json.dumps({"encoder": encoder, "batch": b, **row}), flush=True)
+        out["batches"][b] = row
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="mambaad_test")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--model", default="mambaad")
+    p.add_argument("--encoders", nargs="+", default=["mobilenetv2_tflite", "resnet34"])
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--paths", nargs="+", default=["cpu", "reference", "pt2", "onnxruntime", "openvino"])
+    p.add_argument("--reference-batches", type=int, nargs="*", default=[1],
+                   help="batch sizes the reference scan runs at (it takes ~30 s per 256 px image)")
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--scan-batches", type=int, nargs="*", default=[1, 8], help="empty: no scan part")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=2, help="torch, onnxruntime and OpenVINO threads")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = mambaad.create_model(args.model, pretrained=False, backend="cpu").eval()
-    size = args.image_size
-    t = time.perf_counter()
-    program = export_model(model, size)
-    export_s = time.perf_counter() - t
-    rel_err = check_program(program, model, size)
+    if args.no_reference:
+        args.paths = [x for x in args.paths if x != "reference"]
+    torch.set_num_threads(args.threads)
+    result = {"machine": machine(), "args": vars(args)}
+    print(json.dumps(result["machine"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pt2")
-        torch.export.save(program, path)
-        mb = os.path.getsize(path) / 2**20
-        t = time.perf_counter()
-        loaded = torch.export.load(path)
-        load_s = time.perf_counter() - t
-    run = loaded.module()
-    out = {"model": args.model, "image_size": size, "threads": torch.get_num_threads(),
-           "scan_nodes": len(scan_nodes(program)), "export_s": round(export_s, 2), "pt2_mb": round(mb, 1),
-           "load_s": round(load_s, 2), "rel_err": rel_err, "batches": {}}
-    with torch.no_grad():
-        for b in args.batches:
-            x = torch.randn(b, 3, size, size)
-            model(x), run(x)  # warm-up
-            eager, exported = [], []
-            for _ in range(args.reps):  # alternate, so that load changes hit both alike
-                eager += _times_ms(model, x, 1)
-                exported += _times_ms(run, x, 1)
-            e, x_ms = statistics.median(eager), statistics.median(exported)
-            out["batches"][b] = {"eager_ms": round(e, 1), "exported_ms": round(x_ms, 1),
-                                 "exported_over_eager": round(x_ms / e, 3)}
-    print(json.dumps(out, indent=1))
+        result["scan"] = scan_part(args.scan_batches, args.threads, args.reps, tmp)
+        result["models"] = [model_part(args, e, tmp) for e in args.encoders]
+    result["machine_after"] = machine()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+            json.dump(result, f, indent=1)
     return 0
 
 

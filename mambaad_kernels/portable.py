@@ -48,7 +48,6 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
@@ -115,38 +114,43 @@ def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) ->
     Returns:
         ``(K, T, c, B, Dk)``: ``y_t = C_t . h_t``.
     """
-    a = A[:, None, None]  # (k, 1, 1, dk, n)
+    # states (k, c, b, n, dk): the channels innermost, so that every operator's broadcasts are over
+    # outer axes or of one value along a row of channels (runtimes vectorise both; a state axis of
+    # 16 innermost would cut their loops into 16-element pieces)
+    a = A.transpose(1, 2)[:, None, None]  # (k, 1, 1, n, dk)
 
-    def decay(log_scale: Tensor) -> Tensor:  # (k, c, b, dk, 1) -> (k, c, b, dk, n)
-        return torch.exp(torch.clamp_min(log_scale[..., None] * a, LOG_DECAY_FLOOR))
+    def decay(log_scale: Tensor) -> Tensor:  # (k, c, b, dk) -> (k, c, b, n, dk)
+        return torch.exp(torch.clamp_min(log_scale[..., None, :] * a, LOG_DECAY_FLOOR))
 
-    d_steps, du_steps = delta.unbind(1), (delta * u).unbind(1)  # T x (k, c, b, dk)
-    # the sum of delta after step t inside its chunk: pass 1's log-decay to the chunk's end
-    total = delta.sum(1)  # (k, c, b, dk)
-    after_steps = []
-    for d_t in d_steps:
-        after_steps.append((after_steps[-1] if after_steps else total) - d_t)  # (k, c, b, dk)
-    b_steps = [b_t[..., None, :] for b_t in Bm.unbind(1)]  # T x (k, c, b, 1, n)
-    c_steps = [c_t[..., None] for c_t in Cm.unbind(1)]  # T x (k, c, b, n, 1)
+    d_steps, du_steps = delta.unbind(1), [du[..., None, :] for du in (delta * u).unbind(1)]
+    # the sum of delta after step t inside its chunk (pass 1's log-decay to the chunk's end), summed
+    # from the chunk's end: each sum exact to rounding of itself (total - cumsum would cancel)
+    after_steps = [torch.zeros_like(d_steps[-1])]  # (k, c, b, dk)
+    for d_t in d_steps[:0:-1]:
+        after_steps.append(after_steps[-1] + d_t)
+    after_steps.reverse()
+    total = after_steps[0] + d_steps[0]  # (k, c, b, dk)
+    b_steps = [b_t[..., None] for b_t in Bm.unbind(1)]  # T x (k, c, b, n, 1)
+    c_steps = [c_t[..., None, :] for c_t in Cm.unbind(1)]  # T x (k, c, b, 1, n)
     # 1. the last local state of every chunk from zero: sum_t exp(A sum_{s > t} delta_s) v_t, the
     #    steps' terms independent of each other
     h = None
     for after_t, du_t, b_t in zip(after_steps, du_steps, b_steps):
-        term = decay(after_t) * du_t[..., None] * b_t  # (k, c, b, dk, n)
+        term = decay(after_t) * du_t * b_t  # (k, c, b, n, dk)
         h = term if h is None else h + term
     # 2. the state entering each chunk
-    chunk_decay = decay(total)  # (k, c, b, dk, n)
-    carry = torch.zeros_like(h[:, 0])  # (k, b, dk, n)
+    chunk_decay = decay(total)  # (k, c, b, n, dk)
+    carry = torch.zeros_like(h[:, 0])  # (k, b, n, dk)
     entering = []
     for decay_j, h_j in zip(chunk_decay.unbind(1), h.unbind(1)):
         entering.append(carry)
-        carry = decay_j * carry + h_j  # (k, b, dk, n)
-    h = torch.stack(entering, 1)  # (k, c, b, dk, n)
+        carry = decay_j * carry + h_j  # (k, b, n, dk)
+    h = torch.stack(entering, 1)  # (k, c, b, n, dk)
     # 3. the outputs, from the entering states
     ys = []
     for d_t, du_t, b_t, c_t in zip(d_steps, du_steps, b_steps, c_steps):
-        h = decay(d_t) * h + du_t[..., None] * b_t  # (k, c, b, dk, n)
-        ys.append(torch.matmul(h, c_t)[..., 0])  # (k, c, b, dk)
+        h = decay(d_t) * h + du_t * b_t  # (k, c, b, n, dk)
+        ys.append(torch.matmul(c_t, h)[..., 0, :])  # (k, c, b, dk)
     return torch.stack(ys, 1)  # (k, t, c, b, dk)
 
 
