@@ -119,19 +119,20 @@ def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) ->
     # 16 innermost would cut their loops into 16-element pieces)
     a = A.transpose(1, 2)[:, None, None]  # (k, 1, 1, n, dk)
 
-    def decay(log_scale: Tensor) -> Tensor:  # (k, c, b, dk) -> (k, c, b, n, dk)
-        return torch.exp(torch.clamp_min(log_scale[..., None, :] * a, LOG_DECAY_FLOOR))
+    def decay(log_scale: Tensor) -> Tensor:  # (k, c, b, 1, dk) -> (k, c, b, n, dk)
+        return torch.exp(torch.clamp_min(log_scale * a, LOG_DECAY_FLOOR))
 
-    d_steps, du_steps = delta.unbind(1), [du[..., None, :] for du in (delta * u).unbind(1)]
+    d_steps = delta[..., None, :].unbind(1)  # T x (k, c, b, 1, dk)
+    du_steps = (delta * u)[..., None, :].unbind(1)  # T x (k, c, b, 1, dk)
     # the sum of delta after step t inside its chunk (pass 1's log-decay to the chunk's end), summed
     # from the chunk's end: each sum exact to rounding of itself (total - cumsum would cancel)
-    after_steps = [torch.zeros_like(d_steps[-1])]  # (k, c, b, dk)
+    after_steps = [torch.zeros_like(d_steps[-1])]  # (k, c, b, 1, dk)
     for d_t in d_steps[:0:-1]:
         after_steps.append(after_steps[-1] + d_t)
     after_steps.reverse()
-    total = after_steps[0] + d_steps[0]  # (k, c, b, dk)
-    b_steps = [b_t[..., None] for b_t in Bm.unbind(1)]  # T x (k, c, b, n, 1)
-    c_steps = [c_t[..., None, :] for c_t in Cm.unbind(1)]  # T x (k, c, b, 1, n)
+    total = after_steps[0] + d_steps[0]  # (k, c, b, 1, dk)
+    b_steps = Bm[..., None].unbind(1)  # T x (k, c, b, n, 1)
+    c_steps = Cm[..., None, :].unbind(1)  # T x (k, c, b, 1, n)
     # 1. the last local state of every chunk from zero: sum_t exp(A sum_{s > t} delta_s) v_t, the
     #    steps' terms independent of each other
     h = None
