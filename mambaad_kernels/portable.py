@@ -2,36 +2,43 @@
 
 This is what an ONNX file or an OpenVINO model of a module on our scan computes (see
 :func:`mambaad_kernels.export_onnx`): gathers, GEMMs, element-wise arithmetic, ``exp``, sums and
-reshapes, nothing of this package, and a graph whose size does not grow with the sequence length L.
-It also runs eagerly (``backend="portable"``, any device, autograd through the operators), which
-is how the tests check it against the float64 reference.
+reshapes, nothing of this package, in a graph of about ``2 T + c`` steps per scan, not L. It also
+runs eagerly (``backend="portable"``, any device, autograd through the operators), which is how the
+tests check it against the float64 reference.
 
-Formulation: a chunked scan computed twice over, with no ``(B, K, D, L, N)`` tensor in memory.
-Shape letters as in :mod:`mambaad_kernels.reference`; the sequence of L steps is cut into ``c``
-chunks of ``T`` steps (padded at the end with ``delta = 0``: decay 1, input 0, outputs unchanged).
-Per (b, k, d, n), with the log-decay ``a_t = delta_t A <= 0``, the decay ``e_t = exp(max(a_t, F))``
-and the input ``v_t = delta_t u_t B_t``:
+Formulation: a chunked scan in three passes, with no ``(B, K, D, L, N)`` tensor in memory. Shape
+letters as in :mod:`mambaad_kernels.reference`; the L steps of a direction are cut into ``c``
+chunks of ``T`` steps (padded at the end with ``delta = 0``: decay 1, input 0, outputs unchanged),
+laid out step-major, ``(K, T, c, B, Dk)``, so that step t of every chunk is one slice; states are
+``(K, c, B, N, Dk)``, channels innermost (a runtime's broadcasts then run over whole rows). Per
+(b, k, d, n), with ``a_t = delta_t A <= 0``, the decay ``e_t = exp(max(a_t, F))`` and the input
+``v_t = delta_t u_t B_t``:
 
-1. **Chunk ends** (T steps, each over every chunk at once): ``h_t = e_t h_{t-1} + v_t`` from a zero
-   state at each chunk's start; keep the last state of every chunk, ``(b, k, c, d, n)``.
-2. **Carries** (one step per chunk, on ``(b, k, d, n)``): the state entering chunk j is
-   ``H_j = E_{j-1} H_{j-1} + h_end(j-1)``, ``H_0 = 0``, with the chunk's decay
-   ``E_j = exp(max(A sum_t delta_t, F))``.
-3. **Outputs** (T steps again): ``h_t = e_t h_{t-1} + v_t`` from ``H_j``, ``y_t = sum_n C_t h_t``.
+1. **Chunk ends** (T steps, each over every chunk at once, independent of each other): the last
+   state of each chunk from a zero start, ``sum_t exp(max(A s_t, F)) v_t`` with ``s_t`` the sum of
+   delta after step t in the chunk (summed from the chunk's end, so no cancellation).
+2. **Carries** (one step per chunk, on ``(K, B, N, Dk)``): the state entering chunk j,
+   ``H_j = E_{j-1} H_{j-1} + h_end(j-1)``, ``H_0 = 0``, ``E_j = exp(max(A sum_t delta_t, F))``.
+3. **Outputs** (T steps): ``h_t = e_t h_{t-1} + v_t`` from ``H_j``, ``y_t = C_t . h_t`` (a batched
+   matrix-vector product).
 
-The D skip is added on the grid after the merge (``x sum_k D_k``: every direction reads the same x),
-not per direction. A graph of this holds about ``2 T`` step bodies of 6 to 8 operators per scan,
-plus ``c`` small carry steps: :func:`default_chunk` picks T near ``2 sqrt(L)``.
+Pass 1 is written as a sum of independent terms rather than the recurrence of pass 3 on purpose:
+the two passes then share no sub-expression, which an exporter's or runtime's common-subexpression
+elimination would otherwise merge, keeping every step's decays alive between the passes (the
+``B K D L N`` floats this avoids: 2 GB at MambaAD's last stage at batch 8). The D skip is added on
+the grid after the merge (``x sum_k D_k``: every direction reads the same x). :func:`default_chunk`
+picks T near ``2 sqrt(L)``.
 
-Operation count per (b, k, d, l, n), against the fused ``cpu`` kernel's: 2 exponentials (the decay
-is recomputed in pass 3 rather than stored; storing it would keep ``B K D L N`` floats, 2 GB at
-MambaAD's last stage at batch 8) against the kernel's one (a polynomial 2^y); 12 other element-wise
-operations (pass 1: the log-decay, the clamp, the input, the state's multiply and add; pass 3: the
-same and the C product and its sum over n) against the kernel's 3 multiply-adds. Bytes: each
-operator reads and writes its ``(b, k, c, d, n)`` slice, ``B K D L N / T`` elements, in whatever
-memory holds it, so every element-wise operator moves 8 to 12 bytes per (b, k, d, l, n); the fused
-kernel keeps the state in registers and moves ``O(B K D L)`` bytes in all. What a runtime can reach
-with this graph is bounded by those 14 operators' passes (see BENCHMARKS.md, "Export").
+Operation count per (b, k, d, l, n), against the fused ``cpu`` kernel's: 2 exponentials (one per
+pass) against the kernel's one (a polynomial 2^y); 12 other element-wise operations (pass 1: the
+log-decay product, the clamp, two products for the term, its sum; pass 3: the log-decay product,
+the clamp, the state's product, the input's product, the add, the C contraction) against the
+kernel's 3 multiply-adds. Bytes: each operator reads and writes its ``(K, c, B, N, Dk)`` slice,
+``B K D L N / T`` elements, so an operator run on its own moves 8 to 12 bytes per (b, k, d, l, n);
+the fused kernel keeps the state in registers and moves ``O(B K D L)`` bytes in all. No runtime runs
+this graph faster than its exponentials alone, nor, without fusing operators, than those 14
+element-wise passes at its own element rates (measured against both: BENCHMARKS.md, "Export to ONNX
+and OpenVINO").
 
 Numerics: every exponent is <= 0 (``delta >= 0``, ``A < 0``), so nothing overflows, unlike the
 one-pass ``exp(S_t) cumsum(exp(-S_s) v_s)`` form. Exponents are floored at ``F = -30``: a decay below
@@ -59,8 +66,10 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def default_chunk(length: int) -> int:
     """The chunk length T: the power of two nearest ``2 sqrt(L)`` (16, 32, 64, 128 at L = 64, 256,
-    1024, 4096): the graph holds about ``2 T + L / T`` steps, fewest near ``sqrt(L / 2)``; longer
-    chunks mean fewer, larger operators, which runtimes run at a better rate."""
+    1024, 4096). The graph holds about ``2 T + L / T`` steps (fewest near ``sqrt(L / 2)``); a larger
+    T makes each step's slice, ``B K D L N / T`` elements, smaller and likelier to stay in cache. At
+    64 x 64, T = 128 and 256 ran alike in onnxruntime and OpenVINO, and 256 doubled the export time
+    (docs/notes/2026-12-06-portable-scan-export.md)."""
     return 1 << max(0, round(math.log2(2.0 * math.sqrt(max(1, length)))))
 
 
@@ -103,6 +112,16 @@ def softplus(x: Tensor) -> Tensor:
     return torch.relu(x) + torch.log(1 + torch.exp(-torch.abs(x)))
 
 
+def _after(h: Tensor | None, x: Tensor) -> Tensor:
+    """``x`` made to depend on the state ``h`` in an exported graph (``x + 0 h[.., :1, :1]``, on
+    ``x``'s small size), so that a runtime computes step t's decays and inputs only after step
+    t - 1: without it onnxruntime runs the T steps' independent work side by side and holds
+    several ``(B, K, D, L, N)`` tensors' worth of slices (7 GB for one scan at 64 x 64 at batch 8)."""
+    if h is None or not torch.compiler.is_exporting():
+        return x
+    return x + h[..., :1, :1] * 0.0
+
+
 def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
     """The selective scan of K directions by the three passes of the module docstring (no D skip),
     in the step-major layout ``(K, T, c, B, .)``: step t of every chunk is one slice.
@@ -137,6 +156,7 @@ def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) ->
     #    steps' terms independent of each other
     h = None
     for after_t, du_t, b_t in zip(after_steps, du_steps, b_steps):
+        after_t, du_t = _after(h, after_t), _after(h, du_t)
         term = decay(after_t) * du_t * b_t  # (k, c, b, n, dk)
         h = term if h is None else h + term
     # 2. the state entering each chunk
@@ -150,7 +170,8 @@ def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) ->
     # 3. the outputs, from the entering states
     ys = []
     for d_t, du_t, b_t, c_t in zip(d_steps, du_steps, b_steps, c_steps):
-        h = decay(d_t) * h + du_t * b_t  # (k, c, b, n, dk)
+        d_t, du_t = _after(h, d_t), _after(h, du_t)
+        h = h * decay(d_t) + du_t * b_t  # (k, c, b, n, dk)
         ys.append(torch.matmul(c_t, h)[..., 0, :])  # (k, c, b, dk)
     return torch.stack(ys, 1)  # (k, t, c, b, dk)
 

@@ -235,14 +235,17 @@ def test_export_onnx_refuses_bad_examples(tmp_path):
 
 
 @needs_cpu
-def test_vmamba_classifier_exports(tmp_path):
-    from mambaad_kernels.vmamba import VSSM
+def test_vmamba_classifier_and_block_export(tmp_path):
+    from mambaad_kernels.vmamba import VSSM, VSSBlock
 
     torch.manual_seed(2)
     model = VSSM(depths=[1, 1], dims=[16, 32], num_classes=10, backend="cpu").eval()
-    info = mk.export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "vssm.onnx")
+    info = mk.export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "vssm.onnx")  # logits checked
     assert info["scans"] == 2 and info["max_rel_err"] <= 1e-4
     assert foreign_nodes(onnx.load(str(tmp_path / "vssm.onnx"))) == []
+    block = VSSBlock(hidden_dim=16, ssm_d_state=4, backend="cpu")
+    info = mk.export_onnx(block, torch.randn(2, 6, 5, 16), tmp_path / "vss_block.onnx")
+    assert info["scans"] == 1 and info["max_rel_err"] <= 1e-4
 
 
 def test_the_graph_grows_slower_than_the_sequence(tmp_path):
