@@ -64,18 +64,22 @@ def machine() -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, settle_s: float = 0.03) -> dict[str, float]:
     """Median milliseconds per call of each function, calls interleaved over ``reps`` rounds.
 
-    Each timed call follows a 50 ms pause: a runtime's worker threads spin for a while after its own
-    call (onnxruntime's pool, torch's OpenMP) and would otherwise slow the next runtime's call.
+    Each timed call follows untimed calls of the same function for at least ``settle_s``: the
+    previous runtime's worker threads spin for a while after its own call (onnxruntime's pool,
+    torch's OpenMP) and would slow this one's; a pause instead of the calls would time a cold start.
     """
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # warm-up
     for _ in range(reps):
         for name, fn in fns.items():
-            time.sleep(0.05)
+            end = time.perf_counter() + settle_s
+            fn()
+            while time.perf_counter() < end:
+                fn()
             t = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - t))
