@@ -112,12 +112,18 @@ def softplus(x: Tensor) -> Tensor:
     return torch.relu(x) + torch.log(1 + torch.exp(-torch.abs(x)))
 
 
+def _exporting() -> bool:
+    """Whether torch.export is tracing (torch 2.4 has no ``torch.compiler.is_exporting``: False)."""
+    probe = getattr(torch.compiler, "is_exporting", None)
+    return bool(probe()) if probe is not None else False
+
+
 def _after(h: Tensor | None, x: Tensor) -> Tensor:
     """``x`` made to depend on the state ``h`` in an exported graph (``x + 0 h[.., :1, :1]``, on
     ``x``'s small size), so that a runtime computes step t's decays and inputs only after step
     t - 1: without it onnxruntime runs the T steps' independent work side by side and holds
     several ``(B, K, D, L, N)`` tensors' worth of slices (7 GB for one scan at 64 x 64 at batch 8)."""
-    if h is None or not torch.compiler.is_exporting():
+    if h is None or not _exporting():
         return x
     return x + h[..., :1, :1] * 0.0
 
