@@ -250,6 +250,32 @@ def _exported_model(where: Path, cache: FixtureCache) -> None:
     _copy_into(cache.build("exported_model", build), where)
 
 
+@docs_fixture("onnx_model")
+def _onnx_model(where: Path, cache: FixtureCache) -> None:
+    """``model.onnx``: ``mambaad export`` of the trained_run checkpoint to ONNX (mambaad_test, 64 px)."""
+
+    def build(path: Path) -> None:
+        _trained_run(path, cache)
+        cli(["export", "--checkpoint", "runs/x/last.pt", "--output", "model.onnx"], path)
+        shutil.rmtree(path / "runs")
+        shutil.rmtree(path / "data")
+
+    _copy_into(cache.build("onnx_model", build), where)
+
+
+@docs_fixture("openvino_model")
+def _openvino_model(where: Path, cache: FixtureCache) -> None:
+    """``model.xml`` and ``model.bin``: ``mambaad export`` of the trained_run checkpoint to OpenVINO."""
+
+    def build(path: Path) -> None:
+        _trained_run(path, cache)
+        cli(["export", "--checkpoint", "runs/x/last.pt", "--output", "model.xml"], path)
+        shutil.rmtree(path / "runs")
+        shutil.rmtree(path / "data")
+
+    _copy_into(cache.build("openvino_model", build), where)
+
+
 @docs_fixture("authors_checkpoint")
 def _authors_checkpoint(where: Path, cache: FixtureCache) -> None:
     """``net.pth``: a ``mambaad`` state dict (random weights) in the authors' ADer naming under
