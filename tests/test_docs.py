@@ -237,43 +237,35 @@ def _trained_run(where: Path, cache: FixtureCache) -> None:
     _copy_into(cache.build("trained_run", build), where)
 
 
-@docs_fixture("exported_model")
-def _exported_model(where: Path, cache: FixtureCache) -> None:
-    """``model.pt2``: ``mambaad export`` of the trained_run checkpoint (mambaad_test, 64 px)."""
+def _exported(where: Path, cache: FixtureCache, key: str, output: str) -> None:
+    """``output`` in ``where``: ``mambaad export`` of the trained_run checkpoint (mambaad_test, 64 px),
+    its format by the suffix; built once per ``key``."""
 
     def build(path: Path) -> None:
         _trained_run(path, cache)
-        cli(["export", "--checkpoint", "runs/x/last.pt", "--output", "model.pt2"], path)
+        cli(["export", "--checkpoint", "runs/x/last.pt", "--output", output], path)
         shutil.rmtree(path / "runs")
         shutil.rmtree(path / "data")
 
-    _copy_into(cache.build("exported_model", build), where)
+    _copy_into(cache.build(key, build), where)
+
+
+@docs_fixture("exported_model")
+def _exported_model(where: Path, cache: FixtureCache) -> None:
+    """``model.pt2``: the torch.export program."""
+    _exported(where, cache, "exported_model", "model.pt2")
 
 
 @docs_fixture("onnx_model")
 def _onnx_model(where: Path, cache: FixtureCache) -> None:
-    """``model.onnx``: ``mambaad export`` of the trained_run checkpoint to ONNX (mambaad_test, 64 px)."""
-
-    def build(path: Path) -> None:
-        _trained_run(path, cache)
-        cli(["export", "--checkpoint", "runs/x/last.pt", "--output", "model.onnx"], path)
-        shutil.rmtree(path / "runs")
-        shutil.rmtree(path / "data")
-
-    _copy_into(cache.build("onnx_model", build), where)
+    """``model.onnx``: the ONNX file (every scan in standard operators)."""
+    _exported(where, cache, "onnx_model", "model.onnx")
 
 
 @docs_fixture("openvino_model")
 def _openvino_model(where: Path, cache: FixtureCache) -> None:
-    """``model.xml`` and ``model.bin``: ``mambaad export`` of the trained_run checkpoint to OpenVINO."""
-
-    def build(path: Path) -> None:
-        _trained_run(path, cache)
-        cli(["export", "--checkpoint", "runs/x/last.pt", "--output", "model.xml"], path)
-        shutil.rmtree(path / "runs")
-        shutil.rmtree(path / "data")
-
-    _copy_into(cache.build("openvino_model", build), where)
+    """``model.xml`` and ``model.bin``: the OpenVINO IR."""
+    _exported(where, cache, "openvino_model", "model.xml")
 
 
 @docs_fixture("authors_checkpoint")
